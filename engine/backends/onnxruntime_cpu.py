@@ -1,0 +1,101 @@
+"""ONNX Runtime on the CPU.
+
+Feature maps stay in ONNX Runtime's memory as OrtValues between the dense graph and the
+head graphs, so they are never converted or copied through numpy; only the RPN outputs and
+the heads' small outputs come back as arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelDirError
+
+log = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Cores this process may use (affinity-aware), overridable by MASKRCNN_THREADS."""
+    env = os.environ.get("MASKRCNN_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"MASKRCNN_THREADS must be an integer, got {env!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class DenseOutputs:
+    """features: backend-owned feature maps (opaque), one per pooled map, in model.json order.
+    rpn_logits / rpn_deltas: per RPN level, float32 (1, A, H, W) / (1, 4A, H, W)."""
+
+    features: list
+    rpn_logits: list[np.ndarray]
+    rpn_deltas: list[np.ndarray]
+
+
+class OnnxRuntimeCpuBackend:
+    name = "onnxruntime-cpu"
+
+    def __init__(self, model_dir, threads: int | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.sessions = {}
+        for key in ("dense", "box_head", "mask_head"):
+            path = model_dir.graph_path(key)
+            try:
+                self.sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+                raise ModelDirError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
+        self.feature_names = list(model_dir.config["features"])
+        dense_outputs = [o.name for o in self.sessions["dense"].get_outputs()]
+        self._rpn_logits = [n for n in dense_outputs if n.startswith("rpn_logits_")]
+        self._rpn_deltas = [n for n in dense_outputs if n.startswith("rpn_deltas_")]
+        self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas
+        log.info("onnxruntime %s on the CPU with %d threads", ort.__version__, self.threads)
+
+    def _value(self, array: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+    def run_dense(self, images: np.ndarray) -> DenseOutputs:
+        outputs = self.sessions["dense"].run_with_ort_values(self._dense_outputs, {"images": self._value(images)})
+        n, r = len(self.feature_names), len(self._rpn_logits)
+        return DenseOutputs(
+            features=outputs[:n],
+            rpn_logits=[v.numpy() for v in outputs[n : n + r]],
+            rpn_deltas=[v.numpy() for v in outputs[n + r :]],
+        )
+
+    def _head_feed(self, features, rois) -> dict:
+        feed = dict(zip(self.feature_names, features))
+        feed.update({f"rois_{j}": self._value(r) for j, r in enumerate(rois)})
+        return feed
+
+    def run_box_head(self, features, rois: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """rois: per pooled level (Rj, 4) float32 -> class_probs (R, C), box_deltas (R, 4C)."""
+        probs, deltas = self.sessions["box_head"].run_with_ort_values(
+            ["class_probs", "box_deltas"], self._head_feed(features, rois)
+        )
+        return probs.numpy(), deltas.numpy()
+
+    def run_mask_head(self, features, rois: list[np.ndarray], class_ids: np.ndarray) -> np.ndarray:
+        """rois per level + class_ids (R,) int64 in level order -> mask_probs (R, M, M)."""
+        feed = self._head_feed(features, rois)
+        feed["class_ids"] = self._value(class_ids.astype(np.int64))
+        (probs,) = self.sessions["mask_head"].run_with_ort_values(["mask_probs"], feed)
+        return probs.numpy()

@@ -1,0 +1,118 @@
+"""Box arithmetic and NMS in numpy, ported operation by operation from torchvision.
+
+All boxes are float32 (N, 4) as (x1, y1, x2, y2) in pixels. The arithmetic is done in
+float32 in torchvision's order so that results match it bit for bit wherever the
+elementwise math library agrees (exp/log can differ in the last ulp).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# torchvision.models.detection._utils: BoxCoder's default clamp of dw/dh before exp()
+DEFAULT_BBOX_XFORM_CLIP = float(np.log(1000.0 / 16))
+
+
+def decode_boxes(deltas: np.ndarray, boxes: np.ndarray, weights, bbox_xform_clip=DEFAULT_BBOX_XFORM_CLIP) -> np.ndarray:
+    """torchvision BoxCoder.decode_single for one delta row per box.
+
+    Args:
+        deltas: float32 (N, 4) regression (dx, dy, dw, dh) before division by `weights`.
+        boxes: float32 (N, 4) reference boxes (anchors or proposals).
+        weights: (wx, wy, ww, wh).
+    Returns:
+        float32 (N, 4) decoded boxes.
+    """
+    deltas = np.asarray(deltas, np.float32)
+    boxes = np.asarray(boxes, np.float32)
+    wx, wy, ww, wh = (np.float32(w) for w in weights)
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + np.float32(0.5) * widths
+    ctr_y = boxes[:, 1] + np.float32(0.5) * heights
+    dx = deltas[:, 0] / wx
+    dy = deltas[:, 1] / wy
+    clip = np.float32(bbox_xform_clip)
+    dw = np.minimum(deltas[:, 2] / ww, clip)
+    dh = np.minimum(deltas[:, 3] / wh, clip)
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    half_w = np.float32(0.5) * (np.exp(dw) * widths)
+    half_h = np.float32(0.5) * (np.exp(dh) * heights)
+    return np.stack(
+        [pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], axis=1
+    ).astype(np.float32, copy=False)
+
+
+def clip_boxes(boxes: np.ndarray, size_hw) -> np.ndarray:
+    """torchvision clip_boxes_to_image: x to [0, W], y to [0, H] (a new array)."""
+    h, w = size_hw
+    out = np.empty_like(boxes)
+    np.clip(boxes[:, 0::2], 0, w, out=out[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, h, out=out[:, 1::2])
+    return out
+
+
+def remove_small_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
+    """Indices of boxes whose width and height are both >= min_size."""
+    min_size = np.float32(min_size)
+    ws = boxes[:, 2] - boxes[:, 0]
+    hs = boxes[:, 3] - boxes[:, 1]
+    return np.flatnonzero((ws >= min_size) & (hs >= min_size))
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (len(a), len(b)) in float32, as torchvision's NMS kernel computes it."""
+    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.maximum(np.float32(0), xx2 - xx1) * np.maximum(np.float32(0), yy2 - yy1)
+    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS like torchvision.ops.nms: indices kept, by decreasing score.
+
+    A box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold
+    (compared in float64, as the C++ kernel compares a float IoU with a double threshold).
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return np.zeros((0,), np.int64)
+    order = np.argsort(-scores, kind="stable")
+    ordered = boxes[order]
+    overlaps = box_iou(ordered, ordered).astype(np.float64) > iou_threshold
+    suppressed = np.zeros(n, bool)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i]
+    return order[np.asarray(keep, np.int64)]
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """NMS independently per category, like torchvision.ops.batched_nms on the CPU.
+
+    torchvision switches strategy on size, and the two can differ in the last bit of an
+    IoU, so we switch the same way: above 4000 coordinates, NMS per category then a sort
+    by score; otherwise one NMS over boxes offset per category.
+    """
+    if boxes.shape[0] == 0:
+        return np.zeros((0,), np.int64)
+    if boxes.size > 4000:
+        keep_mask = np.zeros(scores.shape[0], bool)
+        for category in np.unique(idxs):
+            members = np.flatnonzero(idxs == category)
+            keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+        kept = np.flatnonzero(keep_mask)
+        return kept[np.argsort(-scores[kept], kind="stable")]
+    max_coordinate = boxes.max()
+    offsets = idxs.astype(np.float32) * (max_coordinate + np.float32(1))
+    return nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -1,0 +1,81 @@
+"""Reading and checking a model directory written by build_engine.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelDirError
+
+MODEL_FORMAT = "maskrcnn-serve/1"
+GRAPHS = ("dense", "box_head", "mask_head")
+_REQUIRED = {
+    "class_names": list,
+    "transform": dict,
+    "rpn": dict,
+    "box_head": dict,
+    "mask_head": dict,
+    "features": list,
+    "graphs": dict,
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A checked model directory: model.json parsed, every graph present and intact."""
+
+    path: Path
+    config: dict
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+    @property
+    def untrained(self) -> bool:
+        return not self.config.get("weights", {}).get("trained", True)
+
+    def graph_path(self, key: str) -> Path:
+        return self.path / self.config["graphs"][key]["file"]
+
+    @classmethod
+    def open(cls, path, verify_checksums: bool = True) -> "ModelDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelDirError(f"model directory not found: {path}")
+        meta = path / "model.json"
+        try:
+            config = json.loads(meta.read_text())
+        except FileNotFoundError:
+            raise ModelDirError(f"{meta} is missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelDirError(f"{meta} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+            raise ModelDirError(f"{meta} is not a {MODEL_FORMAT} model description")
+        for key, kind in _REQUIRED.items():
+            if not isinstance(config.get(key), kind):
+                raise ModelDirError(f"{meta}: missing or malformed {key!r}")
+        for key in GRAPHS:
+            entry = config["graphs"].get(key)
+            if not isinstance(entry, dict) or "file" not in entry:
+                raise ModelDirError(f"{meta}: no entry for the {key} graph")
+            graph = path / entry["file"]
+            if not graph.is_file():
+                raise ModelDirError(f"{graph} is missing")
+            if verify_checksums and entry.get("sha256") and _sha256(graph) != entry["sha256"]:
+                raise ModelDirError(f"{graph} is corrupt (sha256 differs from model.json)")
+        return cls(path=path, config=config)
