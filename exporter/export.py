@@ -52,6 +52,9 @@ def _sizes(value) -> list:
 
 
 def _export_graph(module, args, path, input_names, output_names, dynamic_axes):
+    # A new wrapper module is in training mode, and torch.onnx.export restores the mode it
+    # found, recursively: without eval() here the caller's model would come back training.
+    module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes; the graphs are checked below
         torch.onnx.export(

@@ -114,11 +114,11 @@ def random_model(arch: str, seed: int, num_classes: int = 91):
                 module.bias.normal_(0.0, 0.1, generator=generator)
         model.rpn.head.cls_logits.weight.normal_(0.0, 0.1, generator=generator)
         model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.01, generator=generator)
-        _spread_class_scores(model.eval(), generator)
+        spread_class_scores(model.eval(), generator)
     return model.eval()
 
 
-def _spread_class_scores(model, generator, logit_std: float = 2.0) -> None:
+def spread_class_scores(model, generator, logit_std: float = 2.0) -> None:
     """Re-draw the box classifier around the box-head features of a seeded calibration image.
 
     Centring on the mean feature and scaling by the features' spread makes the class

@@ -1,0 +1,76 @@
+"""Command line for the engine, usable without the server.
+
+    python -m engine predict --model-dir DIR photo.jpg [--json | --out segmented.jpg]
+    python -m engine backends
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import Engine, EngineError, decode_image
+from .backends import available_backends
+
+
+def detections_json(detections) -> dict:
+    """The service's JSON shape ({"labels", "boxes"}) plus scores and class ids."""
+    return {
+        "labels": [f"{name} {round(float(s) * 100)}%" for name, s in zip(detections.labels, detections.scores)],
+        "boxes": detections.boxes.astype(float).tolist(),
+        "scores": detections.scores.astype(float).tolist(),
+        "class_ids": detections.class_ids.astype(int).tolist(),
+        "timings_ms": {k: round(v, 1) for k, v in detections.timings.items()},
+    }
+
+
+def cmd_predict(args) -> int:
+    from .render import encode_image, render_detections
+
+    engine = Engine.load(args.model_dir, backend=args.backend)
+    image = decode_image(Path(args.image).read_bytes())
+    detections = engine.predict(image, score_threshold=args.score_threshold, max_detections=args.max_detections)
+    if args.out:
+        fmt = "png" if args.out.suffix.lower() == ".png" else "jpeg"
+        args.out.write_bytes(encode_image(render_detections(image, detections), fmt))
+        print(f"{len(detections)} instances; segmented image written to {args.out}", file=sys.stderr)
+    if args.json or not args.out:
+        json.dump(detections_json(detections), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_backends(args) -> int:
+    for name, reason in available_backends().items():
+        print(f"{name:20s} {'available' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict = sub.add_parser("predict", help="segment one photo")
+    predict.add_argument("image", type=Path, help="a JPEG or PNG file")
+    predict.add_argument("--model-dir", required=True, type=Path, help="directory written by build_engine.py")
+    predict.add_argument("--json", action="store_true", help="print detections as JSON (default without --out)")
+    predict.add_argument("--out", type=Path, help="write the segmented image here (.jpg or .png)")
+    predict.add_argument("--score-threshold", type=float, default=0.5)
+    predict.add_argument("--max-detections", type=int, default=100)
+    predict.add_argument("--backend", default="auto")
+    predict.set_defaults(func=cmd_predict)
+    backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
+    backends.set_defaults(func=cmd_backends)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (EngineError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
