@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Latency of this engine against torchvision eager and ONNX Runtime on torchvision's whole
+exported graph: same weights, same photo, interleaved in one process, each giving the same
+top-10 detections.
+
+    python benchmarks/compare_torchvision.py [--arch maskrcnn_resnet50_fpn] [--runs 7] [--threads 2]
+
+Writes benchmarks/results/compare_torchvision.json and prints a table. Needs the export
+extra (torch, torchvision, onnx). Weights: seeded random (no COCO download here), which
+makes the class scores spread so that the same post-processing work is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import describe  # noqa: E402
+
+
+def test_photo() -> np.ndarray:
+    """skimage's coffee photo (400x600) resized to 640x480, the size the targets are set at."""
+    import cv2
+    import skimage.data
+
+    return np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_LINEAR))
+
+
+def box_iou(a, b):
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def agreement(ref_boxes, ref_labels, boxes, labels) -> float:
+    """Fraction of the reference top-10 matched (same class, IoU >= 0.99) by the other top-10."""
+    if len(ref_boxes) == 0:
+        return 1.0 if len(boxes) == 0 else 0.0
+    if len(boxes) == 0:
+        return 0.0
+    ious = box_iou(ref_boxes.astype(np.float64), boxes.astype(np.float64))
+    ious[ref_labels[:, None] != labels[None, :]] = 0
+    return float((ious.max(axis=1) >= 0.99).mean())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "compare_torchvision.json")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    import torch
+
+    from engine import Engine
+    from exporter import export
+    from exporter.weights import coco_class_names, random_model
+
+    torch.set_num_threads(args.threads)
+    image = test_photo()
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    model = random_model(args.arch, seed=0)  # box_score_thresh 0.05, 100 detections: torchvision's defaults
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    print("exporting this engine's model directory...", file=sys.stderr)
+    export(model, work / "engine", coco_class_names(), arch=args.arch, quiet=True)
+    engine = Engine.load(work / "engine", threads=args.threads)
+    print("exporting torchvision's whole graph (legacy exporter, opset 17)...", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, ([tensor],), str(work / "whole.onnx"), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["boxes", "labels", "scores", "masks"],
+                          dynamic_axes={"image": {1: "h", 2: "w"}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    whole = ort.InferenceSession(str(work / "whole.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def run_torchvision():
+        with torch.no_grad():
+            out = model([tensor])[0]
+        return out["boxes"][:10].numpy(), out["labels"][:10].numpy()
+
+    def run_whole_onnx():
+        boxes, labels, _, _ = whole.run(None, {"image": tensor.numpy()})
+        return boxes[:10], labels[:10]
+
+    stages = []
+
+    def run_engine():
+        det = engine.predict(image, score_threshold=0.05, max_detections=10)
+        stages.append(det.timings)
+        return det.boxes, det.class_ids
+
+    methods = {"torchvision eager": run_torchvision, "onnxruntime, whole torchvision graph": run_whole_onnx, "this engine (onnxruntime-cpu)": run_engine}
+    results = {name: fn() for name, fn in methods.items()}  # warm-up, and the top-10s to compare
+    ref_boxes, ref_labels = results["torchvision eager"]
+    times = {name: [] for name in methods}
+    for run in range(args.runs):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n.split(',')[0]} {times[n][-1]:.2f}s" for n in methods), file=sys.stderr)
+
+    base = float(np.median(times["torchvision eager"]))
+    rows = []
+    for name in methods:
+        t = np.asarray(times[name])
+        rows.append({
+            "method": name,
+            "median_s": round(float(np.median(t)), 4),
+            "p90_s": round(float(np.percentile(t, 90)), 4),
+            "ratio_to_torchvision": round(float(np.median(t)) / base, 3),
+            "top10_agreement_with_torchvision": agreement(ref_boxes, ref_labels, *results[name]),
+        })
+    stage_ms = {k: round(float(np.median([s.get(k, 0.0) for s in stages[1:]])), 1) for k in stages[-1]}
+    report = {
+        "benchmark": "compare_torchvision",
+        "arch": args.arch,
+        "image": "skimage coffee resized to 640x480 (network input 800x1066, padded 800x1088)",
+        "threads": args.threads,
+        "runs": args.runs,
+        "weights": "seeded random (seed 0)",
+        "results": rows,
+        "engine_stage_median_ms": stage_ms,
+        "machine": describe(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{args.arch}, {report['image']}, {args.threads} threads, {args.runs} runs on {report['machine']['cpu']}")
+    print(f"{'method':40s} {'median':>8s} {'p90':>8s} {'ratio':>6s} {'top-10 agree':>12s}")
+    for r in rows:
+        print(f"{r['method']:40s} {r['median_s']:8.3f} {r['p90_s']:8.3f} {r['ratio_to_torchvision']:6.2f} {r['top10_agreement_with_torchvision']:12.2f}")
+    print("engine stages (median ms):", stage_ms)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A description of the machine a benchmark ran on, for the results files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch", "torchvision", "falcon", "waitress")) -> dict:
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "packages": versions,
+    }

@@ -1,0 +1,99 @@
+"""build_engine.py as a user runs it: --help, the three weight sources, atomic output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "build_engine.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_help_lists_the_options():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--arch", "--weights", "--seed", "--output", "--class-names", "maskrcnn_resnet50_fpn_v2"):
+        assert flag in result.stdout
+
+
+def test_coco_weights_without_network_fail_with_one_clear_line(tmp_path):
+    # an empty torch-hub cache, so torchvision must download (and cannot, offline)
+    result = run_cli("--weights", "coco", "--output", tmp_path / "coco", env_extra={"TORCH_HOME": str(tmp_path / "hub")})
+    if result.returncode == 0:
+        pytest.skip("this machine could download the COCO weights; the offline failure path is not reachable")
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("building")]
+    assert len(lines) == 1, result.stderr
+    assert "--weights PATH" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "coco").exists()
+
+
+def test_random_weights_build_a_loadable_untrained_model(tmp_path):
+    out = tmp_path / "random-v1"
+    result = run_cli("--weights", "random", "--seed", "3", "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert "[1/3]" in result.stderr  # progress for the slow steps
+    config = json.loads((out / "model.json").read_text())
+    assert config["weights"] == {"source": "random", "seed": 3, "trained": False}
+    assert config["arch"] == "maskrcnn_resnet50_fpn" and len(config["class_names"]) == 91
+    assert config["class_names"][0] == "__background__" and "N/A" in config["class_names"]
+    assert config["class_names"][1] == "person"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random-v1"]  # no staging leftovers
+    again = run_cli("--weights", "random", "--output", out)
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_state_dict_file_published_layout_loads_and_bad_keys_are_listed(tmp_path, r50_models):
+    import torch
+
+    # torchvision publishes FrozenBatchNorm2d checkpoints: no num_batches_tracked buffers
+    state = {k: v for k, v in r50_models("maskrcnn_resnet50_fpn").state_dict().items() if not k.endswith("num_batches_tracked")}
+    good = tmp_path / "good.pth"
+    torch.save(state, good)
+    result = run_cli("--weights", good, "--output", tmp_path / "from-file")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "from-file" / "model.json").read_text())
+    assert config["weights"]["source"] == "file" and len(config["weights"]["sha256"]) == 64
+
+    state["roi_heads.extra.weight"] = torch.zeros(1)
+    del state["rpn.head.conv.0.0.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    result = run_cli("--weights", bad, "--output", tmp_path / "bad-model")
+    assert result.returncode != 0
+    assert "rpn.head.conv.0.0.weight" in result.stderr and "roi_heads.extra.weight" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "bad-model").exists()
+    missing = run_cli("--weights", tmp_path / "nope.pth", "--output", tmp_path / "x")
+    assert missing.returncode != 0 and "not found" in missing.stderr
+
+
+def test_failed_export_leaves_no_directory(tmp_path, small_model, monkeypatch):
+    import importlib
+
+    export_module = importlib.import_module("exporter.export")  # the package re-exports a function of that name
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure in the second graph")
+        return original(*args, **kwargs)
+
+    original = export_module._export_graph
+    monkeypatch.setattr(export_module, "_export_graph", failing)
+    from conftest import SMALL_CLASSES
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_module.export(small_model, tmp_path / "model", SMALL_CLASSES, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="class names"):
+        export_module.export(small_model, tmp_path / "model", ["a", "b"], quiet=True)
