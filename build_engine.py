@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="file with one class name per line (or a JSON list), background first; "
         "default: torchvision's 91 COCO categories",
     )
+    parser.add_argument("--min-size", type=int, help="resize rule: short side (default: the model's, 800 for R50)")
+    parser.add_argument("--max-size", type=int, help="resize rule: long-side cap (default: scaled with --min-size)")
+    parser.add_argument("--int8", action="store_true", help="quantize the graphs to INT8 (static QDQ; needs --calib-images)")
+    parser.add_argument("--calib-images", type=Path, help="directory of JPEG/PNG photos like the ones you will serve")
     parser.add_argument("--name", help="model name reported by the server (default: the directory name)")
     parser.add_argument("--force", action="store_true", help="replace --output if it exists")
     return parser.parse_args(argv)
@@ -57,6 +61,9 @@ def read_class_names(path: Path) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.int8 and not args.calib_images:
+        print("error: --int8 needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
+        return 2
     if args.output.exists() and not args.force:
         print(f"error: {args.output} already exists (use --force to replace it)", file=sys.stderr)
         return 2
@@ -81,7 +88,17 @@ def main(argv=None) -> int:
 
             model = file_model(args.arch, Path(args.weights), num_classes=len(class_names))
             info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)), "trained": True}
-        export(model, args.output, class_names, name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)
+        if args.min_size:
+            old_min, old_max = model.transform.min_size[-1], model.transform.max_size
+            model.transform.min_size = (args.min_size,)
+            model.transform.max_size = args.max_size or round(old_max * args.min_size / old_min)
+        options = dict(name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)
+        if args.int8:
+            from exporter.quantize import export_int8, load_calibration_images
+
+            export_int8(model, args.output, class_names, load_calibration_images(args.calib_images), **options)
+        else:
+            export(model, args.output, class_names, **options)
     except (WeightsError, ValueError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

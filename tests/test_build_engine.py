@@ -97,3 +97,31 @@ def test_failed_export_leaves_no_directory(tmp_path, small_model, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="class names"):
         export_module.export(small_model, tmp_path / "model", ["a", "b"], quiet=True)
+
+
+def test_int8_needs_calibration_images():
+    result = run_cli("--weights", "random", "--int8", "--output", "/tmp/never-written")
+    assert result.returncode == 2 and "--calib-images" in result.stderr
+
+
+def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_model):
+    import cv2
+    import onnx
+
+    from conftest import SMALL_CLASSES, photo
+    from engine import Engine
+    from exporter.quantize import export_int8, load_calibration_images
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        cv2.imwrite(str(calib / f"{name}.png"), photo(name)[..., ::-1])
+    out = export_int8(small_model, tmp_path / "int8", SMALL_CLASSES, load_calibration_images(calib), quiet=True)
+    config = json.loads((out / "model.json").read_text())
+    assert config["quantization"]["precision"] == "int8" and config["name"] == "int8"
+    for graph in ("dense", "box_head", "mask_head"):
+        ops = {n.op_type for n in onnx.load(str(out / f"{graph}.onnx")).graph.node}
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "int8"]
+    det = Engine.load(out).predict(photo("motorcycle"), score_threshold=0.05)
+    assert len(det) > 0 and det.masks.shape[1:] == photo("motorcycle").shape[:2]

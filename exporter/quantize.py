@@ -1,0 +1,158 @@
+"""INT8 model directories: static QDQ quantization of the three graphs with ONNX Runtime's tools.
+
+Calibration runs the FP32 engine on the user's images and records the exact inputs each
+graph sees in service (the photo tensor; the feature maps and level-split RoIs of the box
+and mask heads), so every graph is calibrated on real activations, not on random tensors.
+
+Choices (measured on a 2-core AMD EPYC Zen 4 with ORT 1.32; see benchmarks/README):
+- U8 activations with S8 per-channel weights: ORT's x86 kernels fuse QDQ Conv/Gemm into
+  integer kernels only for U8S8; S8S8 left most convs unfused at FP32 speed.
+- MinMax calibration, with CalibStridedMinMax (CalibMaxIntermediateOutputs collects nothing
+  in ORT 1.32).
+- Only Conv, Gemm and MatMul are quantized; RoiAlign, Resize, Softmax and Sigmoid stay FP32.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def load_calibration_images(directory: Path, limit: int = 16) -> list[np.ndarray]:
+    """Up to `limit` JPEG/PNG images from `directory` (sorted by name), decoded to RGB."""
+    from engine import decode_image
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"calibration image directory not found: {directory}")
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise ValueError(f"no .jpg/.jpeg/.png calibration images in {directory}")
+    return [decode_image(p.read_bytes()) for p in paths]
+
+
+def collect_feeds(model_dir: Path, images: list[np.ndarray], score_threshold: float = 0.05) -> dict[str, list[dict]]:
+    """The inputs each graph receives while the FP32 engine segments `images`."""
+    from engine import Engine
+    from engine.detect import select_detections, split_by_level
+    from engine.preprocess import preprocess
+    from engine.proposals import select_proposals
+
+    engine = Engine.load(model_dir, backend="onnxruntime-cpu")
+    cfg, backend = engine.config, engine.backend
+    t = cfg["transform"]
+    feeds: dict[str, list[dict]] = {"dense": [], "box_head": [], "mask_head": []}
+    for image in images:
+        prepared = preprocess(image, t["image_mean"], t["image_std"], t["min_size"], t["max_size"], t["size_divisible"])
+        feeds["dense"].append({"images": prepared.tensor})
+        dense = backend.run_dense(prepared.tensor)
+        features = {name: value.numpy() for name, value in zip(backend.feature_names, dense.features)}
+        proposals, _ = select_proposals(dense.rpn_logits, dense.rpn_deltas, prepared.padded_size, prepared.resized_size, cfg["rpn"])
+        if proposals.shape[0] == 0:
+            continue
+        split = split_by_level(proposals, cfg["box_head"])
+        feeds["box_head"].append({**features, **{f"rois_{j}": r for j, r in enumerate(split.rois)}})
+        probs, deltas = backend.run_box_head(dense.features, split.rois)
+        boxes, _, labels = select_detections(
+            split.restore(probs), split.restore(deltas), proposals, prepared.resized_size, cfg["box_head"], score_threshold, 100
+        )
+        if boxes.shape[0] == 0:
+            continue
+        mask_split = split_by_level(boxes, cfg["mask_head"])
+        class_ids = np.where(mask_split.order >= 0, labels[np.maximum(mask_split.order, 0)], 0).astype(np.int64)
+        feeds["mask_head"].append({**features, **{f"rois_{j}": r for j, r in enumerate(mask_split.rois)}, "class_ids": class_ids})
+    return feeds
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = feeds
+        self._iter = iter(feeds)
+
+    def __len__(self) -> int:  # CalibStridedMinMax asks for the total
+        return len(self._feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:  # CalibStridedMinMax's batches
+        self._iter = iter(self._feeds[start_index:end_index])
+
+
+def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], quiet: bool = False) -> dict:
+    """Write INT8 versions of fp32_dir's graphs into out_dir (which holds a copy of fp32_dir)
+    and update out_dir/model.json. Returns the quantization record stored there."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .export import sha256_of
+
+    feeds = collect_feeds(fp32_dir, images)
+    config = json.loads((out_dir / "model.json").read_text())
+    for key in ("dense", "box_head", "mask_head"):
+        if not feeds[key]:
+            raise ValueError(f"the calibration images gave the {key} graph no input (no proposals or detections)")
+        if not quiet:
+            print(f"quantizing the {key} graph on {len(feeds[key])} calibration inputs...", file=sys.stderr, flush=True)
+        target = out_dir / config["graphs"][key]["file"]
+        quantize_static(
+            str(fp32_dir / config["graphs"][key]["file"]),
+            str(target),
+            _Reader(feeds[key]),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"CalibStridedMinMax": 1},
+        )
+        config["graphs"][key]["sha256"] = sha256_of(target)
+    record = {
+        "precision": "int8",
+        "format": "QDQ, U8 activations, S8 per-channel weights",
+        "ops": QUANTIZED_OPS,
+        "calibration": {"method": "MinMax", "images": len(images)},
+    }
+    config["quantization"] = record
+    (out_dir / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+    return record
+
+
+def export_int8(model, output_dir, class_names, calibration_images: list[np.ndarray], *, overwrite=False, quiet=False, **export_kwargs) -> Path:
+    """Export `model` like `exporter.export`, then quantize its graphs to INT8, atomically."""
+    import shutil
+    import tempfile
+
+    from .export import export
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists (pass overwrite=True / --force to replace it)")
+    parent = output_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
+    try:
+        export_kwargs["name"] = export_kwargs.get("name") or output_dir.name
+        fp32 = export(model, work / "fp32", class_names, quiet=quiet, **export_kwargs)
+        staging = work / "int8"
+        shutil.copytree(fp32, staging)
+        quantize_graphs(fp32, staging, calibration_images, quiet=quiet)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not quiet:
+        print(f"INT8 model directory written: {output_dir}", file=sys.stderr)
+    return output_dir
