@@ -1,0 +1,176 @@
+"""`serve` / `python -m server`: load the model and serve the SageMaker contract on waitress.
+
+    serve [serve] [--model-dir DIR] [--host 0.0.0.0] [--port 8080] [--threads N] [--backend auto]
+
+A leading `serve` argument is ignored: SageMaker starts containers as `docker run IMAGE
+serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argument.
+
+Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
+while a background thread loads the model and runs one warm-up inference, then 200.
+SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import waitress
+
+from engine.errors import EngineError, ModelDirError
+
+from .app import EngineSlot, create_app
+from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
+from .serving import serve_until
+
+# Under `python -m server` this module is "__main__"; name it as the `serve` script sees it.
+logger = logging.getLogger("server.__main__" if __name__ == "__main__" else __name__)
+
+SHUTDOWN_GRACE_S = 25.0  # SageMaker sends SIGKILL 30 s after SIGTERM
+
+
+def resolve_model_dir(arg: str | None, environ: Mapping[str, str]) -> Path:
+    """--model-dir, else $SM_MODEL_DIR, else /opt/ml/model; it must be a directory."""
+    path = Path(arg or environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR)
+    if not path.is_dir():
+        raise ModelDirError(
+            f"model directory {path} does not exist. Build one with "
+            f"`python build_engine.py --output {path} ...` (see the README), or point "
+            f"--model-dir (or $SM_MODEL_DIR) at an existing one.")
+    return path
+
+
+def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:
+    """--port, else $SAGEMAKER_BIND_TO_PORT, else 8080."""
+    raw = arg if arg is not None else environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"invalid port {raw!r} (from $SAGEMAKER_BIND_TO_PORT)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return port
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}")
+    parser.add_argument("--threads", type=int,
+                        help="HTTP threads (default: inference workers + queue size + 2, so that "
+                             "/ping always has a free thread)")
+    parser.add_argument("--backend", default=os.environ.get("MASKRCNN_BACKEND", "auto"),
+                        help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus record.fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, workers: int,
+                 stop: threading.Event, failed: threading.Event) -> None:
+    """Load and warm up the engine, then fill the slot (/ping turns 200); on error, stop."""
+    start = time.perf_counter()
+    # One worker: the backend's default (every core). Several: share the cores among them
+    # rather than oversubscribe them.
+    threads = None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+    try:
+        from engine import Engine
+
+        engine = Engine.load(model_dir, backend=backend, threads=threads)
+        engine.warmup()
+    except EngineError as exc:  # the message names the missing or broken file
+        logger.error("could not load the model from %s: %s", model_dir, exc)
+        failed.set()
+        stop.set()
+        return
+    except Exception:
+        logger.exception("could not load the model from %s", model_dir)
+        failed.set()
+        stop.set()
+        return
+    slot.set(engine)
+    logger.info("model ready", extra={"fields": {
+        "model": engine.model_name, "backend": engine.backend_name, "classes": len(engine.class_names),
+        "untrained": engine.untrained, "load_ms": round((time.perf_counter() - start) * 1e3)}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    configure_logging(args.log_level)
+    try:
+        config = ServerConfig.from_env(os.environ)
+        model_dir = resolve_model_dir(args.model_dir, os.environ)
+        port = resolve_port(args.port, os.environ)
+        threads = args.threads or config.http_threads
+        if threads <= config.workers + config.queue_size:
+            raise ValueError(f"--threads {threads} must exceed inference workers ({config.workers}) + "
+                             f"queue size ({config.queue_size}), or /ping could starve")
+    except (ValueError, ModelDirError) as exc:
+        sys.exit(f"serve: error: {exc}")
+
+    slot = EngineSlot()
+    app = create_app(slot, config)
+    # waitress's own limit (a plain-text 413) only backs up the app's JSON one.
+    try:
+        server = waitress.create_server(app, host=args.host, port=port, threads=threads,
+                                        max_request_body_size=4 * config.max_body_bytes,
+                                        ident="maskrcnn-serve", asyncore_use_poll=True)
+    except OSError as exc:  # port taken, address not available
+        sys.exit(f"serve: error: cannot listen on {args.host}:{port}: {exc}")
+    stop, failed = threading.Event(), threading.Event()
+
+    def on_signal(signum, _frame):
+        logger.info("received %s: finishing in-flight requests, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
+    logger.info("listening on %s; loading the model", ", ".join(f"http://{h}:{p}" for h, p in listening),
+                extra={"fields": {"model_dir": str(model_dir), "threads": threads,
+                                  "workers": config.workers, "queue_size": config.queue_size,
+                                  "max_body_bytes": config.max_body_bytes}})
+    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend, config.workers, stop, failed),
+                     name="model-loader", daemon=True).start()
+    serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S)
+    logger.info("stopped")
+    sys.exit(1 if failed.is_set() else 0)
+
+
+if __name__ == "__main__":
+    main()

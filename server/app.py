@@ -1,0 +1,180 @@
+"""The Falcon app: the SageMaker hosting contract over an injected engine.
+
+    GET  /ping                                   200 once the engine is loaded and warm, else 503
+    POST /invocations                            image in, segmented image or JSON out
+    POST /endpoints/{endpoint_name}/invocations  the same (what boto3 / the AWS CLI call)
+    GET  /execution-parameters                   Batch Transform settings
+
+Resources are thin: negotiation.py validates headers, responses.py does the work on the
+inference executor, errors.py turns every exception into a JSON error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import falcon
+
+from engine.image_io import probe_image
+
+from . import errors
+from .config import ServerConfig
+from .errors import BadRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from .inference import InferenceExecutor, InferenceTimeoutError, QueueFullError
+from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_type,
+                          parse_custom_attributes, request_image_type)
+from .responses import run_invocation
+
+logger = logging.getLogger(__name__)
+
+
+class EngineSlot:
+    """Holds the engine once it is loaded and warmed up; empty until then.
+
+    The server starts accepting connections before the model is loaded (SageMaker wants a
+    socket quickly), so /ping and /invocations look here to know whether they can serve.
+    """
+
+    def __init__(self, engine=None):
+        self._engine = engine
+
+    @property
+    def engine(self):
+        return self._engine
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    def set(self, engine) -> None:
+        self._engine = engine
+
+
+def read_body(stream, content_length: int | None, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes by header and while reading."""
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit}")
+    data = stream.read(limit + 1)  # one byte more than allowed tells us it is too big
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    if not data:
+        raise BadRequest("empty request body; send a JPEG or PNG image")
+    return data
+
+
+class PingResource:
+    def __init__(self, slot: EngineSlot, config: ServerConfig):
+        self._slot = slot
+        self._config = config
+
+    def on_get(self, req, resp):
+        engine = self._slot.engine
+        if engine is None:
+            raise ServiceUnavailable("model is loading", self._config.retry_after_s)
+        resp.media = {"status": "ok", "model": engine.model_name, "backend": engine.backend_name}
+
+
+class InvocationsResource:
+    def __init__(self, slot: EngineSlot, executor: InferenceExecutor, config: ServerConfig):
+        self._slot = slot
+        self._executor = executor
+        self._config = config
+
+    def on_post(self, req, resp, endpoint_name: str | None = None):
+        config = self._config
+        engine = self._slot.engine
+        if engine is None:
+            raise ServiceUnavailable("model is loading", config.retry_after_s)
+        # Everything decided from headers comes first, before the body is touched.
+        request_image_type(req.content_type)
+        options = parse_custom_attributes(req.get_header(CUSTOM_ATTRIBUTES_HEADER), engine.class_names)
+        response_type = choose_response_type(req.get_header("Accept"), options.response_type,
+                                              config.default_accept)
+        data = read_body(req.bounded_stream, req.content_length, config.max_body_bytes)
+        # Always validate untrusted input: the header's size, before any pixel is decoded.
+        info = probe_image(data)
+        req.context.image_size = [info.width, info.height]
+        if info.megapixels > config.max_megapixels:
+            raise PayloadTooLarge(f"image is {info.width}x{info.height} = {info.megapixels:.1f} "
+                                  f"megapixels; the limit is {config.max_megapixels:g}")
+        try:
+            result = self._executor.run(run_invocation, engine, data, options, response_type,
+                                        config.jpeg_quality, timeout=config.timeout_s)
+        except QueueFullError as exc:
+            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
+        except InferenceTimeoutError as exc:
+            raise GatewayTimeout(str(exc)) from None
+        req.context.detections = result.detections
+        req.context.inference_ms = round(result.inference_ms, 1)
+        resp.content_type = result.content_type
+        resp.data = result.body
+        resp.set_header(CUSTOM_ATTRIBUTES_HEADER, json.dumps(
+            {"model": engine.model_name[:200], "inference_ms": round(result.inference_ms, 1),
+             "detections": result.detections}, separators=(",", ":")))
+
+
+class ExecutionParametersResource:
+    def __init__(self, config: ServerConfig):
+        self._config = config
+
+    def on_get(self, req, resp):
+        resp.media = {
+            "MaxConcurrentTransforms": self._config.workers,
+            "BatchStrategy": "SINGLE_RECORD",  # one image per request
+            "MaxPayloadInMB": self._config.max_payload_mb,
+        }
+
+
+class RequestLogger:
+    """One structured log record per request (record.fields holds the JSON-able fields)."""
+
+    def process_request(self, req, resp):
+        req.context.start = time.perf_counter()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        ctx = req.context
+        status = falcon.http_status_to_code(resp.status)
+        fields = {
+            "method": req.method,
+            "path": req.path,
+            "status": status,
+            "content_type": media_type(req.content_type) or None,
+            "accept": req.get_header("Accept"),
+            "response_type": media_type(resp.content_type) or None,
+            "request_bytes": req.content_length,
+            "response_bytes": len(resp.data) if resp.data is not None else None,
+            "image_size": ctx.get("image_size"),
+            "detections": ctx.get("detections"),
+            "inference_ms": ctx.get("inference_ms"),
+            "ms": round((time.perf_counter() - ctx.get("start", time.perf_counter())) * 1e3, 1),
+        }
+        if status >= 400:
+            fields["error"] = ctx.get("error")
+        logger.info("%s %s %s", req.method, req.path, status, extra={"fields": fields})
+
+
+def create_app(engine, config: ServerConfig | None = None,
+               executor: InferenceExecutor | None = None) -> falcon.App:
+    """Build the WSGI app.
+
+    Args:
+        engine: an object with the `engine.Engine` surface (predict, class_names,
+            model_name, backend_name), or an `EngineSlot` that is filled in later (then
+            /ping answers 503 until it is).
+        config: deployment settings; defaults if None.
+        executor: admission control for inferences; by default one sized from config.
+    """
+    config = config or ServerConfig()
+    slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
+    executor = executor or InferenceExecutor(config.workers, config.queue_size)
+    app = falcon.App(middleware=[RequestLogger()])
+    app.req_options.strip_url_path_trailing_slash = True
+    invocations = InvocationsResource(slot, executor, config)
+    app.add_route("/ping", PingResource(slot, config))
+    app.add_route("/invocations", invocations)
+    app.add_route("/endpoints/{endpoint_name}/invocations", invocations)
+    app.add_route("/execution-parameters", ExecutionParametersResource(config))
+    errors.install(app)
+    return app

@@ -1,0 +1,117 @@
+"""Server settings: defaults, and the environment variables SageMaker (or a user) sets.
+
+The environment is read once, by the entry point, through `ServerConfig.from_env`; the app
+receives a frozen `ServerConfig` and never looks at `os.environ` itself.
+
+| setting           | environment variable(s)                                   | default          |
+|-------------------|-----------------------------------------------------------|------------------|
+| max_body_bytes    | MASKRCNN_MAX_BODY_BYTES, else SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 MiB (6291456)  |
+| max_megapixels    | MASKRCNN_MAX_MEGAPIXELS                                   | 40               |
+| workers           | SAGEMAKER_MODEL_SERVER_WORKERS (parallel inferences)      | 1                |
+| queue_size        | MASKRCNN_QUEUE_SIZE (requests waiting for a worker)       | 8                |
+| timeout_s         | SAGEMAKER_MODEL_SERVER_TIMEOUT                            | 60               |
+| default_accept    | SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT                      | application/json |
+| retry_after_s     | MASKRCNN_RETRY_AFTER_S (Retry-After of a 503)             | 2                |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+# SageMaker real-time endpoints refuse request and response bodies over 6 MiB.
+DEFAULT_MAX_BODY_BYTES = 6 * MIB
+# A 40-megapixel image is 120 MB of RGB pixels before the engine allocates anything.
+DEFAULT_MAX_MEGAPIXELS = 40.0
+# The engine spreads one inference over every core; more workers would oversubscribe them.
+DEFAULT_WORKERS = 1
+DEFAULT_QUEUE_SIZE = 8
+DEFAULT_TIMEOUT_S = 60.0  # SageMaker gives /invocations 60 s
+DEFAULT_ACCEPT = "application/json"
+DEFAULT_RETRY_AFTER_S = 2
+# HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
+SPARE_HTTP_THREADS = 2
+# Limits fixed by the API rather than by deployment.
+MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # SageMaker's limit for X-Amzn-SageMaker-Custom-Attributes
+MAX_DETECTIONS_LIMIT = 1000
+RESPONSE_TYPES = ("application/json", "image/jpeg", "image/png")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the HTTP app needs to know about its deployment."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    workers: int = DEFAULT_WORKERS
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    default_accept: str = DEFAULT_ACCEPT
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        if not self.max_megapixels > 0:
+            raise ValueError(f"max_megapixels must be positive, got {self.max_megapixels}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.queue_size < 0:
+            raise ValueError(f"queue_size must be 0 or more, got {self.queue_size}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.default_accept not in RESPONSE_TYPES:
+            raise ValueError(f"default_accept must be one of {', '.join(RESPONSE_TYPES)}, "
+                             f"got {self.default_accept!r}")
+
+    @property
+    def max_payload_mb(self) -> int:
+        """The body limit in whole MiB, as Batch Transform's MaxPayloadInMB wants it."""
+        return max(1, math.floor(self.max_body_bytes / MIB))
+
+    @property
+    def http_threads(self) -> int:
+        """Enough HTTP threads that a full inference queue still leaves some for /ping."""
+        return self.workers + self.queue_size + SPARE_HTTP_THREADS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "ServerConfig":
+        """Defaults overridden by the environment; raises ValueError naming a bad variable."""
+        kw = {}
+        if "SAGEMAKER_MAX_PAYLOAD_IN_MB" in environ:
+            kw["max_body_bytes"] = round(_number(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", float) * MIB)
+        if "MASKRCNN_MAX_BODY_BYTES" in environ:  # exact bytes; wins over the MiB figure
+            kw["max_body_bytes"] = _number(environ, "MASKRCNN_MAX_BODY_BYTES", int)
+        for key, name, kind in [
+            ("max_megapixels", "MASKRCNN_MAX_MEGAPIXELS", float),
+            ("workers", "SAGEMAKER_MODEL_SERVER_WORKERS", int),
+            ("queue_size", "MASKRCNN_QUEUE_SIZE", int),
+            ("timeout_s", "SAGEMAKER_MODEL_SERVER_TIMEOUT", float),
+            ("retry_after_s", "MASKRCNN_RETRY_AFTER_S", int),
+        ]:
+            if name in environ:
+                kw[key] = _number(environ, name, kind)
+        accept = environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip().lower()
+        if accept:
+            kw["default_accept"] = accept
+        try:
+            return cls(**kw)
+        except ValueError as exc:
+            raise ValueError(f"invalid server setting from the environment: {exc}") from None
+
+
+def _number(environ: Mapping[str, str], name: str, kind: type):
+    raw = environ[name].strip()
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a valid {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"environment variable {name}={raw!r} is not a finite number")
+    return value

@@ -1,0 +1,217 @@
+"""Content negotiation and request options, from headers only (no body, no engine calls).
+
+* `request_image_type(content_type)`: which bodies are accepted (415 otherwise).
+* `choose_response_type(accept, response_type, default)`: the seed's rule, Accept first.
+* `parse_custom_attributes(header, class_names)`: X-Amzn-SageMaker-Custom-Attributes ->
+  a typed `RequestOptions` (400 naming the key on a bad value).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from .config import MAX_CUSTOM_ATTRIBUTES_CHARS, MAX_DETECTIONS_LIMIT
+from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
+
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+
+# Request Content-Type -> the image format it promises; None: sniffed from the bytes.
+# (The bytes are always sniffed when decoding; this table only decides what is accepted.)
+REQUEST_TYPES = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",  # not registered, but common in the wild
+    "image/png": "png",
+    "application/x-image": None,
+}
+# response_type values in the custom attributes -> response media type.
+RESPONSE_TYPE_NAMES = {
+    "json": "application/json",
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "png": "image/png",
+}
+OFFERED = ("application/json", "image/jpeg", "image/png")
+INCLUDABLE = ("scores", "class_ids", "masks")
+MASK_FORMATS = {"rle": "rle", "polygon": "polygon", "polygons": "polygon"}
+_PLACEHOLDER_CLASSES = ("__background__", "N/A")  # torchvision's COCO list has these
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What one request asks for, validated.
+
+    class_ids: indices into the engine's class names to keep, or None for all classes.
+    include: extra JSON fields among INCLUDABLE.
+    """
+
+    response_type: str | None = None  # a media type from OFFERED, or None: not given
+    score_threshold: float = 0.5
+    max_detections: int = 100
+    class_ids: tuple[int, ...] | None = None
+    include: frozenset[str] = frozenset()
+    mask_format: str = "rle"
+
+
+def media_type(header: str | None) -> str:
+    """'Image/JPEG; charset=x' -> 'image/jpeg'; '' when absent."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def request_image_type(content_type: str | None) -> str | None:
+    """The image format a Content-Type promises ('jpeg'/'png'), None to sniff; else 415."""
+    mt = media_type(content_type)
+    if mt not in REQUEST_TYPES:
+        shown = f"Content-Type {content_type!r}" if content_type else "a missing Content-Type"
+        raise UnsupportedMediaType(
+            f"unsupported {shown}; send image/jpeg, image/png or application/x-image")
+    return REQUEST_TYPES[mt]
+
+
+def parse_accept(header: str) -> list[tuple[str, float, int]]:
+    """Accept header -> [(media range, q, position)], skipping malformed entries."""
+    ranges = []
+    for position, item in enumerate(header.split(",")):
+        parts = [p.strip() for p in item.split(";")]
+        mrange = parts[0].lower()
+        if mrange.count("/") != 1:
+            continue
+        q = 1.0
+        for param in parts[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = -1.0
+        if 0.0 <= q <= 1.0:
+            ranges.append((mrange, q, position))
+    return ranges
+
+
+def _match(offer: str, ranges) -> tuple[float, int, int] | None:
+    """(q, specificity, -position) of the most specific range matching offer, as RFC 9110."""
+    kind = offer.split("/")[0]
+    best = None
+    for mrange, q, position in ranges:
+        if mrange == offer:
+            spec = 2
+        elif mrange == f"{kind}/*":
+            spec = 1
+        elif mrange == "*/*":
+            spec = 0
+        else:
+            continue
+        if best is None or spec > best[1]:
+            best = (q, spec, -position)
+    return best
+
+
+def choose_response_type(accept: str | None, response_type: str | None, default: str) -> str:
+    """The response media type: Accept first, then custom attributes, then the default.
+
+    Accept absent, empty or only */*: `response_type` (already a media type) if given,
+    else `default`. Otherwise the offer with the highest q wins; ties go to the more
+    specific range, then to `response_type`, then to the earlier range in the header, then
+    to `default`. No offer with q > 0: 406.
+    """
+    ranges = parse_accept(accept) if accept and accept.strip() else []
+    if not ranges and not (accept and accept.strip()):
+        return response_type or default
+    if ranges and all(r[0] == "*/*" for r in ranges) and ranges[0][1] > 0:
+        return response_type or default
+    scored = []
+    for index, offer in enumerate(OFFERED):
+        m = _match(offer, ranges)
+        if m is not None and m[0] > 0:
+            q, spec, neg_position = m
+            scored.append(((q, spec, offer == response_type, neg_position, offer == default, -index), offer))
+    if not scored:
+        raise NotAcceptable(f"cannot produce any type allowed by Accept {accept!r}; "
+                            f"available: {', '.join(OFFERED)}")
+    return max(scored)[1]
+
+
+def parse_custom_attributes(header: str | None, class_names: list[str]) -> RequestOptions:
+    """X-Amzn-SageMaker-Custom-Attributes (a JSON object) -> RequestOptions; unknown keys ignored."""
+    if header is None or not header.strip():
+        return RequestOptions()
+    if len(header) > MAX_CUSTOM_ATTRIBUTES_CHARS:
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} is {len(header)} characters long; "
+                         f"the limit is {MAX_CUSTOM_ATTRIBUTES_CHARS}")
+    try:
+        attrs = json.loads(header)
+    except ValueError as exc:
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} is not valid JSON: {exc}") from None
+    if not isinstance(attrs, dict):
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be a JSON object, e.g. "
+                         '{"response_type": "json"}')
+    kw = {}
+    if attrs.get("response_type") not in (None, ""):
+        kw["response_type"] = _choice(attrs, "response_type", RESPONSE_TYPE_NAMES)
+    if "score_threshold" in attrs:
+        value = attrs["score_threshold"]
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise BadRequest(f"score_threshold must be a number from 0 to 1, got {value!r}")
+        kw["score_threshold"] = float(value)
+    if "max_detections" in attrs:
+        value = attrs["max_detections"]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DETECTIONS_LIMIT:
+            raise BadRequest(f"max_detections must be an integer from 1 to {MAX_DETECTIONS_LIMIT}, "
+                             f"got {value!r}")
+        kw["max_detections"] = value
+    if attrs.get("classes") is not None:
+        kw["class_ids"] = _class_ids(attrs["classes"], class_names)
+    if attrs.get("include") is not None:
+        items = _string_list(attrs, "include")
+        unknown = [i for i in items if i not in INCLUDABLE]
+        if unknown:
+            raise BadRequest(f"include: unknown field {unknown[0]!r}; choose from {', '.join(INCLUDABLE)}")
+        kw["include"] = frozenset(items)
+    if attrs.get("mask_format") is not None:
+        kw["mask_format"] = _choice(attrs, "mask_format", MASK_FORMATS)
+    return RequestOptions(**kw)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(attrs: dict, key: str, table: dict[str, str]) -> str:
+    value = attrs[key]
+    if not isinstance(value, str) or value.strip().lower() not in table:
+        raise BadRequest(f"{key} must be one of {', '.join(sorted(set(table)))}, got {value!r}")
+    return table[value.strip().lower()]
+
+
+def _string_list(attrs: dict, key: str) -> list[str]:
+    value = attrs[key]
+    if isinstance(value, str):  # a lone name is a list of one
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{key} must be a list of strings, got {value!r}")
+    return value
+
+
+def _class_ids(value, class_names: list[str]) -> tuple[int, ...]:
+    """Class names -> sorted indices into class_names (a name may occur more than once)."""
+    names = _string_list({"classes": value}, "classes")
+    if not names:
+        raise BadRequest("classes must name at least one class; omit it to keep every class")
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    for index, name in enumerate(class_names):
+        exact.setdefault(name, []).append(index)
+        folded.setdefault(name.casefold(), []).append(index)
+    ids = set()
+    for name in names:
+        found = exact.get(name) or folded.get(name.casefold())
+        if not found:
+            examples = [n for n in class_names if n not in _PLACEHOLDER_CLASSES][:5]
+            raise BadRequest(f"classes: unknown class {name!r}; this model knows "
+                             f"{len(class_names)} classes (e.g. {', '.join(examples)})")
+        ids.update(found)
+    return tuple(sorted(ids))

@@ -1,0 +1,84 @@
+"""One invocation, from request bytes to response bytes: decode, predict, encode.
+
+This is the work the inference executor runs, so decoding and encoding (CPU-heavy for big
+images) are bounded by the same worker count as the network itself. Response bodies come
+from a table keyed by media type.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from engine.image_io import decode_image
+from engine.render import encode_image, format_label, render_detections
+
+from .mask_encoding import MASK_ENCODERS
+from .negotiation import RequestOptions
+
+
+@dataclass
+class InvocationResult:
+    body: bytes
+    content_type: str
+    detections: int
+    inference_ms: float  # engine.predict only
+    total_ms: float  # decode + predict + encode
+
+
+def detections_to_json(det, options: RequestOptions) -> dict:
+    """The seed's JSON: {"labels": [...], "boxes": [[x1, y1, x2, y2], ...]}, plus `include`.
+
+    Boxes are floats in the pixel coordinates of the displayed image, highest score first,
+    as the engine returns them. Masks are COCO RLE dicts or lists of polygons.
+    """
+    scores = det.scores.tolist()
+    out = {
+        "labels": [format_label(name, s) for name, s in zip(det.labels, scores)],
+        "boxes": det.boxes.tolist(),
+    }
+    if "scores" in options.include:
+        out["scores"] = scores
+    if "class_ids" in options.include:
+        out["class_ids"] = det.class_ids.tolist()
+    if "masks" in options.include:
+        encode = MASK_ENCODERS[options.mask_format]
+        out["masks"] = [encode(m) for m in det.masks]
+    return out
+
+
+def _json_body(image, det, options, jpeg_quality) -> bytes:
+    return json.dumps(detections_to_json(det, options)).encode()
+
+
+def _image_body(fmt: str):
+    def encode(image, det, options, jpeg_quality) -> bytes:
+        return encode_image(render_detections(image, det), fmt, jpeg_quality=jpeg_quality)
+
+    return encode
+
+
+ENCODERS = {
+    "application/json": _json_body,
+    "image/jpeg": _image_body("jpeg"),
+    "image/png": _image_body("png"),
+}
+
+
+def run_invocation(engine, data: bytes, options: RequestOptions, response_type: str,
+                   jpeg_quality: int = 90) -> InvocationResult:
+    """Decode `data`, run `engine.predict` with the request's options, encode the answer.
+
+    Raises ImageDecodeError for bytes that do not decode (the caller answers 400).
+    """
+    start = time.perf_counter()
+    image = decode_image(data)
+    before = time.perf_counter()
+    det = engine.predict(image, score_threshold=options.score_threshold,
+                         max_detections=options.max_detections, class_ids=options.class_ids)
+    after = time.perf_counter()
+    body = ENCODERS[response_type](image, det, options, jpeg_quality)
+    return InvocationResult(body=body, content_type=response_type, detections=len(det.scores),
+                            inference_ms=(after - before) * 1e3,
+                            total_ms=(time.perf_counter() - start) * 1e3)

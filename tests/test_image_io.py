@@ -1,0 +1,306 @@
+"""engine.image_io: decoding to displayed RGB, and the header-only probe.
+
+Reference decodes come from Pillow, an independent decoder from the OpenCV under test.
+"""
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from engine.errors import ImageDecodeError
+from engine.image_io import ImageInfo, decode_image, probe_image
+from server_fixtures import drawn_image, encode_pil, photo
+
+
+def pil_reference(data: bytes) -> np.ndarray:
+    """What Pillow shows: EXIF orientation applied, converted to RGB."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+def with_exif(array: np.ndarray, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kwargs = {"quality": 95} if fmt == "JPEG" else {}
+    return encode_pil(array, fmt, exif=exif.tobytes(), **kwargs)
+
+
+def assert_rgb_image(img: np.ndarray, h: int, w: int):
+    assert img.shape == (h, w, 3) and img.dtype == np.uint8 and img.flags.c_contiguous
+
+
+# ---- ordinary images ----------------------------------------------------------------------
+
+
+def test_png_photo_is_decoded_exactly():
+    astronaut = photo("astronaut")
+    img = decode_image(encode_pil(astronaut, "PNG"))
+    assert_rgb_image(img, 512, 512)
+    np.testing.assert_array_equal(img, astronaut)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_photo_matches_pillow(progressive):
+    coffee = photo("coffee")
+    data = encode_pil(coffee, "JPEG", quality=90, progressive=progressive)
+    img = decode_image(data)
+    assert_rgb_image(img, 400, 600)
+    # Both use libjpeg(-turbo) variants; allow for IDCT/upsampling differences.
+    diff = np.abs(img.astype(int) - pil_reference(data).astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 16
+    assert np.abs(img.astype(int) - coffee.astype(int)).mean() < 4  # and it is RGB, not BGR
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_accepts_bytes_like(kind):
+    chelsea = photo("chelsea")
+    data = encode_pil(chelsea, "PNG")
+    np.testing.assert_array_equal(decode_image(kind(data)), chelsea)
+    assert probe_image(kind(data)) == ImageInfo("png", 451, 300, 1)
+
+
+@pytest.mark.parametrize("value", ["not bytes", None, 42, np.zeros(10, np.uint8)])
+def test_rejects_non_bytes(value):
+    with pytest.raises(TypeError):
+        decode_image(value)
+    with pytest.raises(TypeError):
+        probe_image(value)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_grayscale_becomes_rgb(fmt):
+    gray = drawn_image()[:, :, 0].copy()
+    img = decode_image(encode_pil(gray, fmt))
+    assert_rgb_image(img, *gray.shape)
+    assert (img[:, :, 0] == img[:, :, 1]).all() and (img[:, :, 1] == img[:, :, 2]).all()
+    if fmt == "PNG":
+        np.testing.assert_array_equal(img[:, :, 0], gray)
+    else:
+        ref = pil_reference(encode_pil(gray, fmt))
+        assert np.abs(img.astype(int) - ref.astype(int)).max() <= 4
+
+
+def test_bilevel_png_becomes_rgb():
+    img = decode_image(encode_pil(drawn_image()[:, :, 0] > 128, "PNG"))
+    assert set(np.unique(img)) <= {0, 255}
+
+
+def test_palette_png_matches_pillow():
+    data = _palette_png(drawn_image())
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    np.testing.assert_array_equal(decode_image(data), pil_reference(data))
+
+
+def _palette_png(rgb: np.ndarray, transparency=None) -> bytes:
+    buf = io.BytesIO()
+    kwargs = {} if transparency is None else {"transparency": transparency}
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(buf, "PNG", **kwargs)
+    return buf.getvalue()
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    rgb = drawn_image()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG", quality=95)
+    img = decode_image(buf.getvalue())
+    assert_rgb_image(img, *rgb.shape[:2])
+    assert np.abs(img.astype(int) - pil_reference(buf.getvalue()).astype(int)).mean() < 2
+
+
+# ---- 16-bit and transparency -----------------------------------------------------------------
+
+
+def test_16bit_samples_are_rounded_not_truncated():
+    # 257 * k + 129 is k + 0.502 in 8 bits: rounding gives k + 1, truncation (x >> 8) gives k.
+    k = np.arange(0, 255, dtype=np.uint16)
+    values = np.stack([257 * k + 129, 257 * k, np.full_like(k, 65535)], axis=-1)[None]  # (1, 255, 3)
+    ok, png = cv2.imencode(".png", values[:, :, ::-1].copy())  # OpenCV writes BGR
+    assert ok
+    img = decode_image(png.tobytes())
+    np.testing.assert_array_equal(img[0, :, 0], k + 1)
+    np.testing.assert_array_equal(img[0, :, 1], k)
+    np.testing.assert_array_equal(img[0, :, 2], 255)
+
+
+def test_16bit_gray_png():
+    gray16 = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    ok, png = cv2.imencode(".png", gray16)
+    img = decode_image(png.tobytes())
+    expected = np.rint(gray16 / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(img[:, :, 0], expected)
+    np.testing.assert_array_equal(img[:, :, 2], expected)
+
+
+def test_rgba_is_composited_over_white():
+    rgba = np.zeros((4, 3, 4), np.uint8)
+    rgba[..., :3] = (200, 40, 0)
+    rgba[0, :, 3] = 0  # transparent -> white
+    rgba[1, :, 3] = 255  # opaque -> the colour
+    rgba[2, :, 3] = 128  # half -> halfway to white
+    rgba[3, :, 3] = 64
+    img = decode_image(encode_pil(rgba, "PNG"))
+    a = rgba[..., 3:].astype(float) / 255
+    expected = np.rint(rgba[..., :3] * a + 255 * (1 - a))
+    np.testing.assert_array_equal(img, expected.astype(np.uint8))
+    assert (img[0] == 255).all() and (img[1] == (200, 40, 0)).all()
+
+
+def test_gray_alpha_is_composited_over_white():
+    la = np.zeros((2, 2, 2), np.uint8)
+    la[..., 0] = 10
+    la[0, :, 1] = 0
+    la[1, :, 1] = 255
+    img = decode_image(encode_pil(la, "PNG"))  # Pillow writes mode LA
+    assert (img[0] == 255).all() and (img[1] == 10).all()
+
+
+def test_16bit_rgba_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), np.uint16)
+    rgba[..., :3] = 65535 // 2
+    rgba[0, :, 3] = 0
+    rgba[1, :, 3] = 65535
+    ok, png = cv2.imencode(".png", rgba)  # BGRA, all channels equal so order is moot
+    img = decode_image(png.tobytes())
+    assert (img[0] == 255).all() and (img[1] == 127).all()
+
+
+def test_palette_png_with_transparency_matches_pillow_over_white():
+    rgb = drawn_image()
+    data = _palette_png(rgb, transparency=0)
+    ref_rgba = Image.open(io.BytesIO(data)).convert("RGBA")
+    white = Image.new("RGBA", ref_rgba.size, (255, 255, 255, 255))
+    ref = np.asarray(Image.alpha_composite(white, ref_rgba).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(data), ref)
+    assert (decode_image(data) == 255).all(axis=-1).any()  # some pixel was transparent
+
+
+# ---- EXIF orientation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(fmt, orientation):
+    stored = drawn_image(60, 100)  # not square, not symmetric: every orientation differs
+    data = with_exif(stored, fmt, orientation)
+    ref = pil_reference(data)
+    img = decode_image(data)
+    assert img.shape == ref.shape
+    assert img.shape[:2] == ((100, 60) if orientation >= 5 else (60, 100))
+    assert np.abs(img.astype(int) - ref.astype(int)).max() <= (0 if fmt == "PNG" else 20)
+    info = probe_image(data)
+    assert (info.width, info.height, info.orientation) == (img.shape[1], img.shape[0], orientation)
+
+
+def test_big_endian_exif_is_read():
+    stored = drawn_image(30, 50)
+    # A hand-made Motorola-order TIFF block: one IFD0 entry, Orientation = 6 (SHORT).
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHI", 0x0112, 3, 1) + struct.pack(">H", 6) + b"\x00\x00" + struct.pack(">I", 0)
+    data = encode_pil(stored, "PNG", exif=b"Exif\x00\x00" + tiff)
+    assert probe_image(data).orientation == 6
+    np.testing.assert_array_equal(decode_image(data), np.rot90(stored, k=-1))
+
+
+def test_corrupt_exif_is_ignored_not_fatal():
+    stored = drawn_image(30, 50)
+    data = encode_pil(stored, "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
+    assert probe_image(data).orientation == 1
+    assert decode_image(data).shape == (30, 50, 3)
+
+
+def test_opencv_behaviour_this_module_relies_on():
+    """OpenCV 5 applies EXIF orientation with IMREAD_COLOR but not with IMREAD_UNCHANGED.
+
+    decode_image therefore decodes with orientation ignored and turns the pixels itself;
+    this records the library behaviour that made that necessary.
+    """
+    for fmt in ("JPEG", "PNG"):
+        data = np.frombuffer(with_exif(drawn_image(60, 100), fmt, 6), np.uint8)
+        assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED).shape[:2] == (60, 100)
+        assert cv2.imdecode(data, cv2.IMREAD_COLOR).shape[:2] == (100, 60)
+        assert cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION).shape[:2] == (60, 100)
+
+
+# ---- probe_image ------------------------------------------------------------------------------
+
+
+def test_probe_reads_sizes():
+    coffee = photo("coffee")
+    assert probe_image(encode_pil(coffee, "JPEG")) == ImageInfo("jpeg", 600, 400, 1)
+    assert probe_image(encode_pil(coffee, "JPEG", progressive=True)) == ImageInfo("jpeg", 600, 400, 1)
+    assert probe_image(encode_pil(coffee, "PNG")) == ImageInfo("png", 600, 400, 1)
+    assert probe_image(encode_pil(coffee, "PNG")).megapixels == pytest.approx(0.24)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def _jpeg_header_only(width: int, height: int) -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    return b"\xff\xd8" + app0 + b"\xff" + sof  # an extra fill byte before the marker is legal
+
+
+def test_probe_reads_decompression_bomb_headers_without_decoding():
+    # 100000 x 100000 = 10 gigapixels (30 GB of RGB) declared in a few dozen bytes.
+    assert probe_image(_png_header_only(100_000, 100_000)) == ImageInfo("png", 100_000, 100_000, 1)
+    assert probe_image(_jpeg_header_only(65_000, 60_000)) == ImageInfo("jpeg", 65_000, 60_000, 1)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"hello world, not an image",
+    b"GIF89a\x01\x00\x01\x00\x00\x00\x00",
+    b"BM" + b"\x00" * 60,
+    b"\xff\xd8\xff",  # JPEG magic, nothing else
+    b"\xff\xd8\xff\xe0\x00\x10JFIF",  # segment runs past the end
+    b"\xff\xd8\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00",  # scan before any frame header
+    b"\x89PNG\r\n\x1a\n",  # PNG magic, no IHDR
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00",  # truncated IHDR
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIDAT" + b"\x00" * 17,  # first chunk not IHDR
+])
+def test_garbage_and_truncated_headers_raise(data):
+    with pytest.raises(ImageDecodeError):
+        probe_image(data)
+    with pytest.raises(ImageDecodeError):
+        decode_image(data)
+
+
+def test_zero_size_header_raises():
+    with pytest.raises(ImageDecodeError, match="empty"):
+        probe_image(_png_header_only(0, 10))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_image_data_raises(fmt, keep):
+    astronaut = photo("astronaut")
+    data = encode_pil(astronaut, fmt)
+    cut = data[: int(len(data) * keep)]
+    probe_image(cut)  # the header is intact ...
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        decode_image(cut)  # ... but the pixels are not
+
+
+def test_corrupt_png_data_raises():
+    chelsea = photo("chelsea")
+    data = bytearray(encode_pil(chelsea, "PNG"))
+    start = data.index(b"IDAT") + 4
+    data[start + 100:start + 200] = bytes(100)  # zeroed compressed data, CRC now wrong
+    with pytest.raises(ImageDecodeError):
+        decode_image(bytes(data))
+
+
+def test_header_lying_about_size_raises():
+    real = encode_pil(drawn_image(20, 30), "PNG")
+    # Same pixels, but an IHDR claiming 40x30: libpng runs out of data.
+    forged = _png_header_only(30, 40) + real[33:]
+    with pytest.raises(ImageDecodeError):
+        decode_image(forged)

@@ -1,0 +1,336 @@
+"""End to end: the real `serve` process on a free port, a real model directory, real clients.
+
+The server is started with the README's command (`serve --model-dir DIR --port PORT`, with
+the leading `serve` argument SageMaker's `docker run IMAGE serve` adds) and called with
+boto3's sagemaker-runtime client exactly as the seed's two examples do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.image_io import decode_image
+from server_fixtures import encode_pil
+
+REPO = Path(__file__).resolve().parents[1]
+ENDPOINT = "my-instance-segmentation"
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+class Reply:
+    """The parts of an HTTP response the tests look at."""
+
+    def __init__(self, resp: http.client.HTTPResponse):
+        self.status_code = resp.status
+        self.headers = resp.headers
+        self.content = resp.read()
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def http_call(url: str, method: str = "POST", body=None, headers: dict | None = None,
+              timeout: float = 120.0) -> Reply:
+    """A plain HTTP request with the standard library (an iterable body is sent chunked)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        chunked = body is not None and not isinstance(body, (bytes, bytearray))
+        conn.request(method, parts.path, body=body, headers=headers or {}, encode_chunked=chunked)
+        return Reply(conn.getresponse())
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    """The installed `serve` console script if there is one, else `python -m server`."""
+    script = Path(sys.executable).with_name("serve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+
+
+class ServerProcess:
+    def __init__(self, model_dir: Path, log_path: Path, extra_env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+        self._log = open(log_path, "wb")  # a file, not a pipe nobody reads, which could fill up
+        self.proc = subprocess.Popen(
+            serve_command() + ["serve", "--model-dir", str(model_dir), "--port", str(self.port),
+                               "--host", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def ping(self, timeout: float = 2.0) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/ping")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def wait_ready(self, deadline_s: float = 180.0) -> list[int | str]:
+        """Poll /ping until 200, failing early if the process dies. Returns what was seen."""
+        seen: list[int | str] = []
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status = self.ping()
+            except OSError:
+                status = "refused"
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.05)  # a polling interval, bounded by the deadline
+        pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log().splitlines() if line.strip()]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(small_model_dir, tmp_path_factory):
+    srv = ServerProcess(small_model_dir, tmp_path_factory.mktemp("serve") / "server.log")
+    srv.seen_before_ready = srv.wait_ready()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def runtime(server):
+    import boto3
+
+    return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="x")
+
+
+@pytest.fixture(scope="module")
+def photo_jpeg() -> bytes:
+    from skimage import data
+
+    return encode_pil(data.astronaut(), "JPEG", quality=90)  # 512x512
+
+
+@pytest.fixture(scope="module")
+def engine(small_model_dir):
+    from engine import Engine
+
+    return Engine.load(small_model_dir)
+
+
+def test_ping_answers_before_ready_only_with_503(server):
+    assert set(server.seen_before_ready) <= {"refused", 503, 200}
+    assert server.seen_before_ready[-1] == 200
+
+
+def test_seed_example_1_boto3_accept_jpeg(runtime, photo_jpeg):
+    payload = bytearray(photo_jpeg)
+    response = runtime.invoke_endpoint(
+        EndpointName=ENDPOINT,
+        Accept="image/jpeg",
+        ContentType="image/jpeg",
+        Body=payload,
+    )
+    body = response["Body"].read()
+    assert response["ContentType"] == "image/jpeg"
+    assert body[:3] == b"\xff\xd8\xff"
+    assert decode_image(body).shape == (512, 512, 3)
+    meta = json.loads(response["CustomAttributes"])
+    assert meta["model"] == "small-test" and meta["inference_ms"] > 0
+
+
+def test_seed_example_2_boto3_custom_attributes_json(runtime, photo_jpeg, engine):
+    payload = bytearray(photo_jpeg)
+    custom_attributes = '{"response_type": "json"}'
+    response = runtime.invoke_endpoint(
+        EndpointName=ENDPOINT,
+        ContentType="image/jpeg",
+        Body=payload,
+        CustomAttributes=custom_attributes,
+    )
+    result = json.loads(response["Body"].read())
+    assert response["ContentType"] == "application/json"
+    assert set(result) == {"labels", "boxes"}
+    # The same as the engine in this process says, formatted as the seed shows.
+    det = engine.predict(decode_image(photo_jpeg))
+    assert result["labels"] == [f"{n} {round(float(s) * 100)}%" for n, s in zip(det.labels, det.scores)]
+    np.testing.assert_allclose(np.array(result["boxes"]).reshape(-1, 4), det.boxes, atol=1e-3)
+
+
+def test_png_round_trip_with_a_plain_http_client(server):
+    from skimage import data
+
+    body = encode_pil(data.coffee(), "PNG")  # 600x400
+    resp = http_call(f"{server.url}/invocations", body=body, timeout=60,
+                         headers={"Content-Type": "image/png", "Accept": "image/png",
+                                  "X-Amzn-SageMaker-Custom-Attributes": '{"score_threshold": 0.05}'})
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/png"
+    assert decode_image(resp.content).shape == (400, 600, 3)
+
+
+def test_include_masks_rle_round_trip(server, engine):
+    import pycocotools.mask as mask_utils
+    from skimage import data
+
+    image = data.chelsea()  # 300x451
+    attrs = {"response_type": "json", "include": ["masks", "scores", "class_ids"], "score_threshold": 0.05}
+    resp = http_call(f"{server.url}/endpoints/{ENDPOINT}/invocations", body=encode_pil(image, "PNG"),
+                         headers={"Content-Type": "image/png", "X-Amzn-SageMaker-Custom-Attributes": json.dumps(attrs)},
+                         timeout=60)
+    assert resp.status_code == 200
+    result = resp.json()
+    det = engine.predict(image, score_threshold=0.05)
+    assert len(result["masks"]) == len(det.scores) > 0
+    assert result["class_ids"] == det.class_ids.tolist()
+    for rle, expected in zip(result["masks"], det.masks):
+        assert rle["size"] == [300, 451]
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        np.testing.assert_array_equal(decoded.astype(bool), expected)
+
+
+def test_errors_over_the_wire_are_json(server, photo_jpeg):
+    cases = [
+        (http_call(f"{server.url}/invocations", body=photo_jpeg, headers={"Content-Type": "text/plain"}), 415),
+        (http_call(f"{server.url}/invocations", body=b"", headers={"Content-Type": "image/jpeg"}), 400),
+        (http_call(f"{server.url}/invocations", body=photo_jpeg,
+                       headers={"Content-Type": "image/jpeg", "Accept": "text/html"}), 406),
+        (http_call(f"{server.url}/invocations", body=bytes(6 * 1024 * 1024 + 1),
+                       headers={"Content-Type": "image/jpeg"}), 413),
+        (http_call(f"{server.url}/invocations", "GET"), 405),
+    ]
+    for resp, status in cases:
+        assert resp.status_code == status
+        assert resp.json()["status"] == status and resp.json()["error"]
+    assert server.ping() == 200  # still serving
+
+
+def test_chunked_upload(server, photo_jpeg):
+    def chunks():
+        for i in range(0, len(photo_jpeg), 16384):
+            yield photo_jpeg[i:i + 16384]
+
+    resp = http_call(f"{server.url}/invocations", body=chunks(), timeout=60,
+                         headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+    assert resp.status_code == 200 and set(resp.json()) == {"labels", "boxes"}
+    too_big = http_call(f"{server.url}/invocations", body=iter([bytes(4 * 1024 * 1024)] * 2),
+                        headers={"Content-Type": "image/jpeg"})
+    assert too_big.status_code == 413 and too_big.json()["status"] == 413
+
+
+def test_ping_stays_fast_while_inferences_run(server, photo_jpeg):
+    big = encode_pil(np.tile(decode_image(photo_jpeg), (4, 4, 1)), "JPEG")  # 2048x2048
+    statuses = []
+
+    def infer():
+        statuses.append(http_call(f"{server.url}/invocations", body=big, timeout=120,
+                                      headers={"Content-Type": "image/jpeg"}).status_code)
+
+    threads = [threading.Thread(target=infer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    worst = 0.0
+    while any(t.is_alive() for t in threads):
+        start = time.perf_counter()
+        assert server.ping(timeout=2.0) == 200
+        worst = max(worst, time.perf_counter() - start)
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert statuses == [200, 200, 200]
+    assert worst < 1.0  # SageMaker's ping timeout is 2 s
+
+
+def test_one_json_log_line_per_request(server, photo_jpeg):
+    marker = f"/endpoints/log-check-{time.monotonic_ns()}/invocations"
+    http_call(server.url + marker, body=photo_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [r for r in server.log_records() if r.get("path") == marker]
+        if lines:
+            break
+        time.sleep(0.05)
+    (line,) = lines
+    assert line["method"] == "POST" and line["status"] == 200 and line["image_size"] == [512, 512]
+    assert line["content_type"] == "image/jpeg" and line["response_type"] == "application/json"
+    assert isinstance(line["detections"], int) and line["ms"] > 0
+
+
+def test_sigterm_finishes_the_in_flight_request_and_exits_0(small_model_dir, tmp_path, photo_jpeg):
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        conn.request("GET", "/ping")  # a kept-alive connection the server has accepted
+        assert conn.getresponse().read() and True
+        conn.request("POST", "/invocations", body=photo_jpeg,
+                     headers={"Content-Type": "image/jpeg", "Accept": "image/png"})
+        srv.proc.send_signal(signal.SIGTERM)
+        resp = conn.getresponse()
+        assert resp.status == 200 and decode_image(resp.read()).shape == (512, 512, 3)
+        assert srv.proc.wait(timeout=30) == 0  # one SIGTERM, as SageMaker sends
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+        srv.stop()
+    messages = [r["message"] for r in srv.log_records()]
+    assert any("SIGTERM" in m for m in messages) and messages[-1] == "stopped"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1)
+
+
+def test_missing_model_dir_exits_non_zero_with_a_clear_message(tmp_path):
+    missing = tmp_path / "no-such-model"
+    proc = subprocess.run(serve_command() + ["serve", "--model-dir", str(missing), "--port", str(free_port())],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert str(missing) in proc.stderr and "build_engine.py --output" in proc.stderr
+
+
+def test_unloadable_model_dir_exits_non_zero(tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    srv = ServerProcess(empty, tmp_path / "server.log")
+    try:
+        assert srv.proc.wait(timeout=60) == 1
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+        srv.stop()
+    errors = [r for r in srv.log_records() if r["level"] == "ERROR"]
+    assert errors and "model.json" in errors[0]["message"]
