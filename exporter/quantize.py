@@ -37,37 +37,42 @@ def load_calibration_images(directory: Path, limit: int = 16) -> list[np.ndarray
     return [decode_image(p.read_bytes()) for p in paths]
 
 
+class _RecordingBackend:
+    """Wraps a backend and records the inputs of every graph run, as numpy feeds."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.name = backend.name
+        self.feeds: dict[str, list[dict]] = {"dense": [], "box_head": [], "mask_head": []}
+
+    def _features(self, features) -> dict:
+        return {name: value.numpy() for name, value in zip(self._backend.feature_names, features)}
+
+    def run_dense(self, images):
+        self.feeds["dense"].append({"images": images})
+        return self._backend.run_dense(images)
+
+    def run_box_head(self, features, rois):
+        self.feeds["box_head"].append({**self._features(features), **{f"rois_{j}": r for j, r in enumerate(rois)}})
+        return self._backend.run_box_head(features, rois)
+
+    def run_mask_head(self, features, rois, class_ids):
+        feed = {**self._features(features), **{f"rois_{j}": r for j, r in enumerate(rois)}}
+        self.feeds["mask_head"].append({**feed, "class_ids": class_ids.astype(np.int64)})
+        return self._backend.run_mask_head(features, rois, class_ids)
+
+
 def collect_feeds(model_dir: Path, images: list[np.ndarray], score_threshold: float = 0.05) -> dict[str, list[dict]]:
-    """The inputs each graph receives while the FP32 engine segments `images`."""
+    """The inputs each graph receives while the FP32 engine segments `images` (the engine's
+    own predict path, with a recording backend)."""
     from engine import Engine
-    from engine.detect import select_detections, split_by_level
-    from engine.preprocess import preprocess
-    from engine.proposals import select_proposals
 
     engine = Engine.load(model_dir, backend="onnxruntime-cpu")
-    cfg, backend = engine.config, engine.backend
-    t = cfg["transform"]
-    feeds: dict[str, list[dict]] = {"dense": [], "box_head": [], "mask_head": []}
+    recorder = _RecordingBackend(engine.backend)
+    engine.backend = recorder
     for image in images:
-        prepared = preprocess(image, t["image_mean"], t["image_std"], t["min_size"], t["max_size"], t["size_divisible"])
-        feeds["dense"].append({"images": prepared.tensor})
-        dense = backend.run_dense(prepared.tensor)
-        features = {name: value.numpy() for name, value in zip(backend.feature_names, dense.features)}
-        proposals, _ = select_proposals(dense.rpn_logits, dense.rpn_deltas, prepared.padded_size, prepared.resized_size, cfg["rpn"])
-        if proposals.shape[0] == 0:
-            continue
-        split = split_by_level(proposals, cfg["box_head"])
-        feeds["box_head"].append({**features, **{f"rois_{j}": r for j, r in enumerate(split.rois)}})
-        probs, deltas = backend.run_box_head(dense.features, split.rois)
-        boxes, _, labels = select_detections(
-            split.restore(probs), split.restore(deltas), proposals, prepared.resized_size, cfg["box_head"], score_threshold, 100
-        )
-        if boxes.shape[0] == 0:
-            continue
-        mask_split = split_by_level(boxes, cfg["mask_head"])
-        class_ids = np.where(mask_split.order >= 0, labels[np.maximum(mask_split.order, 0)], 0).astype(np.int64)
-        feeds["mask_head"].append({**features, **{f"rois_{j}": r for j, r in enumerate(mask_split.rois)}, "class_ids": class_ids})
-    return feeds
+        engine.predict(image, score_threshold=score_threshold, max_detections=100)
+    return recorder.feeds
 
 
 class _Reader:
