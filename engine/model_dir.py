@@ -22,7 +22,8 @@ _REQUIRED = {
 }
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -76,6 +77,6 @@ class ModelDir:
             graph = path / entry["file"]
             if not graph.is_file():
                 raise ModelDirError(f"{graph} is missing")
-            if verify_checksums and entry.get("sha256") and _sha256(graph) != entry["sha256"]:
+            if verify_checksums and entry.get("sha256") and sha256_of(graph) != entry["sha256"]:
                 raise ModelDirError(f"{graph} is corrupt (sha256 differs from model.json)")
         return cls(path=path, config=config)

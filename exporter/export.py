@@ -9,7 +9,6 @@ temporary sibling directory and renamed into place, so a failed export leaves no
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from engine.model_dir import MODEL_FORMAT, sha256_of
+
 from .graphs import BoxHeadGraph, DenseGraph, MaskHeadGraph
 
-MODEL_FORMAT = "maskrcnn-serve/1"
 OPSET = 17
 # Graph-level ops the engine keeps out of the graphs (done in numpy), so TensorRT can build them.
 FORBIDDEN_OPS = {"NonMaxSuppression", "NonZero", "Loop", "If"}
@@ -31,14 +31,6 @@ FORBIDDEN_OPS = {"NonMaxSuppression", "NonZero", "Loop", "If"}
 def _log(message: str, quiet: bool) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _infer_scale(feature_hw, image_hw) -> float:

@@ -58,49 +58,47 @@ class DenseGraph(nn.Module):
         return (*[features[name] for name in self.feature_names], *logits, *deltas)
 
 
-class BoxHeadGraph(nn.Module):
-    """Multi-level RoIAlign + box head + predictor, softmax over classes."""
+class _RoIHeadGraph(nn.Module):
+    """Common part of the head graphs: which feature inputs each pooled level reads, and
+    the RoIAlign settings."""
 
-    def __init__(self, model, num_features: int, levels: list[int], scales, output_size, sampling_ratio):
+    def __init__(self, num_features: int, levels: list[int], scales, output_size, sampling_ratio):
         super().__init__()
-        self.box_head = model.roi_heads.box_head
-        self.box_predictor = model.roi_heads.box_predictor
         self.num_features = num_features
         self.levels = levels  # index into the feature inputs of each pooled level
         self.scales = scales
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
 
+    def pool(self, features, rois):
+        return _pool_levels([features[i] for i in self.levels], rois, self.scales, self.output_size, self.sampling_ratio)
+
+
+class BoxHeadGraph(_RoIHeadGraph):
+    """Multi-level RoIAlign + box head + predictor, softmax over classes."""
+
+    def __init__(self, model, *pool_settings):
+        super().__init__(*pool_settings)
+        self.box_head = model.roi_heads.box_head
+        self.box_predictor = model.roi_heads.box_predictor
+
     def forward(self, *inputs):
-        features = inputs[: self.num_features]
-        rois = inputs[self.num_features :]
-        pooled = _pool_levels(
-            [features[i] for i in self.levels], rois, self.scales, self.output_size, self.sampling_ratio
-        )
+        pooled = self.pool(inputs[: self.num_features], inputs[self.num_features :])
         class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
         return torch.softmax(class_logits, dim=-1), box_deltas
 
 
-class MaskHeadGraph(nn.Module):
+class MaskHeadGraph(_RoIHeadGraph):
     """Multi-level RoIAlign + mask head + predictor, keeping only each RoI's own class."""
 
-    def __init__(self, model, num_features: int, levels: list[int], scales, output_size, sampling_ratio):
-        super().__init__()
+    def __init__(self, model, *pool_settings):
+        super().__init__(*pool_settings)
         self.mask_head = model.roi_heads.mask_head
         self.mask_predictor = model.roi_heads.mask_predictor
-        self.num_features = num_features
-        self.levels = levels
-        self.scales = scales
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
 
     def forward(self, *inputs):
-        features = inputs[: self.num_features]
-        rois = inputs[self.num_features : -1]
         class_ids = inputs[-1]
-        pooled = _pool_levels(
-            [features[i] for i in self.levels], rois, self.scales, self.output_size, self.sampling_ratio
-        )
+        pooled = self.pool(inputs[: self.num_features], inputs[self.num_features : -1])
         logits = self.mask_predictor(self.mask_head(pooled))  # (R, C, M, M)
         m = logits.shape[-1]
         index = class_ids.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)

@@ -5,6 +5,10 @@
 A leading `serve` argument is ignored: SageMaker starts containers as `docker run IMAGE
 serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argument.
 
+The model directory is --model-dir, else $SM_MODEL_DIR, else /opt/ml/model (where SageMaker
+unpacks model.tar.gz). With none of them, the demo model shipped in the `demo` package
+(demo/model: circles, squares and triangles) is served, so a fresh machine works offline.
+
 Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
 while a background thread loads the model and runs one warm-up inference, then 200.
 SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
@@ -13,6 +17,7 @@ SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import logging
 import os
@@ -38,15 +43,44 @@ logger = logging.getLogger("server.__main__" if __name__ == "__main__" else __na
 SHUTDOWN_GRACE_S = 25.0  # SageMaker sends SIGKILL 30 s after SIGTERM
 
 
+def bundled_model_dir() -> Path | None:
+    """demo/model, the demo model shipped as package data of `demo`; None if not installed."""
+    try:
+        root = importlib.resources.files("demo")
+    except ModuleNotFoundError:
+        return None
+    # Installed packages are plain directories (setuptools never zips them), and ONNX
+    # Runtime needs real file paths, so a Path is what we hand on.
+    path = Path(str(root / "model"))
+    return path if (path / "model.json").is_file() else None
+
+
 def resolve_model_dir(arg: str | None, environ: Mapping[str, str]) -> Path:
-    """--model-dir, else $SM_MODEL_DIR, else /opt/ml/model; it must be a directory."""
-    path = Path(arg or environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR)
-    if not path.is_dir():
-        raise ModelDirError(
-            f"model directory {path} does not exist. Build one with "
-            f"`python build_engine.py --output {path} ...` (see the README), or point "
-            f"--model-dir (or $SM_MODEL_DIR) at an existing one.")
-    return path
+    """--model-dir, else $SM_MODEL_DIR, else /opt/ml/model, else the bundled demo model.
+
+    A directory that was asked for (--model-dir, $SM_MODEL_DIR) must exist: a typo never
+    falls back to the demo model. Only when nothing was asked for and /opt/ml/model does
+    not exist is the demo model served, with a warning that says how to build a real one.
+    """
+    requested = arg or environ.get("SM_MODEL_DIR")
+    path = Path(requested or DEFAULT_MODEL_DIR)
+    if path.is_dir():
+        return path
+    if not requested:
+        demo = bundled_model_dir()
+        if demo is not None:
+            logger.warning(
+                "no model directory given (--model-dir, $SM_MODEL_DIR) and none at %s: serving the "
+                "bundled demo model at %s, which only knows circles, squares and triangles. For a "
+                "COCO model: `python build_engine.py --weights coco --output DIR`, then "
+                "`serve --model-dir DIR`.", DEFAULT_MODEL_DIR, demo,
+                extra={"fields": {"model_dir": str(demo), "demo": True}})
+            return demo
+    missing_demo = "" if requested else " and the bundled demo model (demo/model) is not installed"
+    raise ModelDirError(
+        f"model directory {path} does not exist{missing_demo}. Build one with "
+        f"`python build_engine.py --output {path} ...` (see the README), or point "
+        f"--model-dir (or $SM_MODEL_DIR) at an existing one.")
 
 
 def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:
@@ -65,7 +99,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] == "serve":
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else "
+                        f"{DEFAULT_MODEL_DIR}, else the bundled demo model)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, help=f"default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}")
     parser.add_argument("--threads", type=int,

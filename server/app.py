@@ -4,6 +4,8 @@
     POST /invocations                            image in, segmented image or JSON out
     POST /endpoints/{endpoint_name}/invocations  the same (what boto3 / the AWS CLI call)
     GET  /execution-parameters                   Batch Transform settings
+    GET  /                                       a web page to try the service (server/static/)
+    GET  /static/{file}                          its script and style sheet
 
 Resources are thin: negotiation.py validates headers, responses.py does the work on the
 inference executor, errors.py turns every exception into a JSON error.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import falcon
 
@@ -28,6 +31,12 @@ from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_
 from .responses import run_invocation
 
 logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page loads only its own script and style sheet and calls only this origin; images it
+# shows are blob: URLs of the responses.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'")
 
 
 class EngineSlot:
@@ -115,6 +124,19 @@ class InvocationsResource:
              "detections": result.detections}, separators=(",", ":")))
 
 
+class PageResource:
+    """GET /: the web page, a plain client of /invocations (its assets are under /static)."""
+
+    def __init__(self, static_dir: Path):
+        self._index = static_dir / "index.html"
+
+    def on_get(self, req, resp):
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = self._index.read_bytes()
+        resp.set_header("Content-Security-Policy", PAGE_CSP)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+
+
 class ExecutionParametersResource:
     def __init__(self, config: ServerConfig):
         self._config = config
@@ -176,5 +198,7 @@ def create_app(engine, config: ServerConfig | None = None,
     app.add_route("/invocations", invocations)
     app.add_route("/endpoints/{endpoint_name}/invocations", invocations)
     app.add_route("/execution-parameters", ExecutionParametersResource(config))
+    app.add_route("/", PageResource(STATIC_DIR))
+    app.add_static_route("/static", STATIC_DIR)
     errors.install(app)
     return app

@@ -23,102 +23,10 @@ import pytest
 
 from engine.image_io import decode_image
 from server_fixtures import encode_pil
+from server_process import REPO, ServerProcess, free_port, http_call, serve_command
 
-REPO = Path(__file__).resolve().parents[1]
 ENDPOINT = "my-instance-segmentation"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-class Reply:
-    """The parts of an HTTP response the tests look at."""
-
-    def __init__(self, resp: http.client.HTTPResponse):
-        self.status_code = resp.status
-        self.headers = resp.headers
-        self.content = resp.read()
-
-    def json(self):
-        return json.loads(self.content)
-
-
-def http_call(url: str, method: str = "POST", body=None, headers: dict | None = None,
-              timeout: float = 120.0) -> Reply:
-    """A plain HTTP request with the standard library (an iterable body is sent chunked)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    try:
-        chunked = body is not None and not isinstance(body, (bytes, bytearray))
-        conn.request(method, parts.path, body=body, headers=headers or {}, encode_chunked=chunked)
-        return Reply(conn.getresponse())
-    finally:
-        conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_command() -> list[str]:
-    """The installed `serve` console script if there is one, else `python -m server`."""
-    script = Path(sys.executable).with_name("serve")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
-
-
-class ServerProcess:
-    def __init__(self, model_dir: Path, log_path: Path, extra_env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
-        self._log = open(log_path, "wb")  # a file, not a pipe nobody reads, which could fill up
-        self.proc = subprocess.Popen(
-            serve_command() + ["serve", "--model-dir", str(model_dir), "--port", str(self.port),
-                               "--host", "127.0.0.1"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def ping(self, timeout: float = 2.0) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", "/ping")
-            return conn.getresponse().status
-        finally:
-            conn.close()
-
-    def wait_ready(self, deadline_s: float = 180.0) -> list[int | str]:
-        """Poll /ping until 200, failing early if the process dies. Returns what was seen."""
-        seen: list[int | str] = []
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                status = self.ping()
-            except OSError:
-                status = "refused"
-            if not seen or seen[-1] != status:
-                seen.append(status)
-            if status == 200:
-                return seen
-            time.sleep(0.05)  # a polling interval, bounded by the deadline
-        pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict]:
-        return [json.loads(line) for line in self.log().splitlines() if line.strip()]
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
 
 
 @pytest.fixture(scope="module")
