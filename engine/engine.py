@@ -21,7 +21,7 @@ import numpy as np
 from .backends import create_backend
 from .detect import select_detections, split_by_level
 from .detections import Detections
-from .masks import paste_masks
+from .masks import paste_masks, paste_masks_aligned
 from .model_dir import ModelDir
 from .preprocess import preprocess, validate_image
 from .proposals import select_proposals
@@ -128,7 +128,7 @@ class Engine:
         mask_probs = mask_split.restore(self.backend.run_mask_head(dense.features, mask_split.rois, ordered_labels))
         lap("mask_head")
         boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
-        masks = paste_masks(mask_probs, boxes, prepared.original_size, cfg["mask_head"].get("mask_threshold", 0.5))
+        masks = self._paste(mask_probs, boxes, prepared)
         lap("paste")
         return Detections(
             boxes=boxes,
@@ -139,6 +139,17 @@ class Engine:
             image_size=prepared.original_size,
             timings=timings,
         )
+
+
+    def _paste(self, mask_probs, boxes, prepared):
+        """torchvision's paste (the default), or the opt-in aligned paste (model.json
+        mask_head.paste = "aligned"; see engine.masks.paste_masks_aligned)."""
+        head = self.config["mask_head"]
+        threshold = head.get("mask_threshold", 0.5)
+        if head.get("paste", "torchvision") == "aligned":
+            factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
+            return paste_masks_aligned(mask_probs, boxes, prepared.original_size, factor, threshold)
+        return paste_masks(mask_probs, boxes, prepared.original_size, threshold)
 
 
 def scale_boxes(boxes: np.ndarray, from_hw, to_hw) -> np.ndarray:

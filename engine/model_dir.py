@@ -70,6 +70,9 @@ class ModelDir:
         for key, kind in _REQUIRED.items():
             if not isinstance(config.get(key), kind):
                 raise ModelDirError(f"{meta}: missing or malformed {key!r}")
+        paste = config["mask_head"].get("paste", "torchvision")
+        if paste not in ("torchvision", "aligned"):
+            raise ModelDirError(f"{meta}: mask_head.paste must be 'torchvision' or 'aligned', not {paste!r}")
         for key in GRAPHS:
             entry = config["graphs"].get(key)
             if not isinstance(entry, dict) or "file" not in entry:

@@ -78,6 +78,7 @@ def export(
     weights_info: dict | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    mask_paste: str = "torchvision",
 ) -> Path:
     """Export `model` (a torchvision `MaskRCNN`) to the model directory `output_dir`.
 
@@ -88,6 +89,8 @@ def export(
         name: model name reported by the server; defaults to the directory name.
         arch: architecture tag recorded in model.json.
         weights_info: provenance, e.g. {"source": "random", "seed": 0, "trained": False}.
+        mask_paste: "torchvision" (its paste_masks_in_image, exactly) or "aligned" (float
+            boxes in the frame the mask head is trained in; see engine.masks).
     Returns:
         The path of the written directory.
     """
@@ -102,6 +105,8 @@ def export(
         raise ValueError(f"model has {num_classes} classes but {len(class_names)} class names were given")
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists (pass overwrite=True / --force to replace it)")
+    if mask_paste not in ("torchvision", "aligned"):
+        raise ValueError(f"mask_paste must be 'torchvision' or 'aligned', not {mask_paste!r}")
 
     model = model.eval().cpu()
     transform, rpn, heads = model.transform, model.rpn, model.roi_heads
@@ -226,7 +231,7 @@ def export(
                 "nms_thresh": float(heads.nms_thresh),
                 "detections_per_img": int(heads.detections_per_img),
             },
-            "mask_head": {**mask_settings, "mask_size": mask_size, "mask_threshold": 0.5},
+            "mask_head": {**mask_settings, "mask_size": mask_size, "mask_threshold": 0.5, "paste": mask_paste},
             "features": feature_outputs,
             "graphs": {
                 key: {"file": f"{key}.onnx", "sha256": sha256_of(staging / f"{key}.onnx")}

@@ -115,3 +115,35 @@ def test_resize_and_normalisation_match_generalized_rcnn_transform(hw):
     # OpenCV's bilinear resize quantises its interpolation weights slightly differently
     # from F.interpolate: up to ~8e-4 on normalised pixel noise of magnitude ~2 (photos. parity holds)
     np.testing.assert_allclose(prepared.tensor, batch.tensors.numpy(), atol=1e-3)
+
+
+def test_aligned_paste_inverts_torchvision_mask_targets():
+    """The aligned paste maps mask cells back to where torchvision's training targets
+    (roi_align, aligned=False, over the ground-truth box) took them from: pasting a target
+    reconstructs the ground truth, and more closely than torchvision's integer paste."""
+    import cv2
+
+    from engine.masks import paste_masks_aligned
+    from torchvision.ops import roi_align
+
+    rng = np.random.default_rng(5)
+    h, w = 120, 160
+    aligned_ious, torchvision_ious = [], []
+    for _ in range(30):
+        gt = np.zeros((h, w), np.uint8)
+        cx, cy = rng.uniform(30, 130), rng.uniform(30, 90)
+        axes = (int(rng.uniform(5, 25)), int(rng.uniform(5, 25)))
+        cv2.ellipse(gt, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        ys, xs = np.nonzero(gt)
+        box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+        rois = torch.cat([torch.zeros(1, 1), torch.from_numpy(box)], dim=1)
+        target = roi_align(torch.from_numpy(gt)[None, None].float(), rois, (28, 28), 1.0, aligned=False)[:, 0].numpy()
+        for paste, ious in (
+            (lambda: paste_masks_aligned(target, box, (h, w), (1.0, 1.0))[0], aligned_ious),
+            (lambda: paste_masks(target, box, (h, w))[0], torchvision_ious),
+        ):
+            mask = paste()
+            ious.append(np.logical_and(mask, gt).sum() / np.logical_or(mask, gt).sum())
+    assert np.mean(aligned_ious) >= 0.95, np.mean(aligned_ious)
+    assert np.mean(aligned_ious) > np.mean(torchvision_ious)
+    assert paste_masks_aligned(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), (h, w), (1, 1)).shape == (0, h, w)
