@@ -3,7 +3,7 @@
 exported graph: same weights, same photo, interleaved in one process, each giving the same
 top-10 detections.
 
-    python benchmarks/compare_torchvision.py [--arch maskrcnn_resnet50_fpn] [--runs 7] [--threads 2]
+    python benchmarks/compare_torchvision.py [--arch maskrcnn_resnet50_fpn] [--runs 7] [--threads 2] [--no-int8]
 
 Writes benchmarks/results/compare_torchvision.json and prints a table. Needs the export
 extra (torch, torchvision, onnx). Weights: seeded random (no COCO download here), which
@@ -25,7 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arithmetic import graph_gflop, matmul_rates  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+
+CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")  # the timed photo is coffee
 
 
 def test_photo() -> np.ndarray:
@@ -60,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-int8", action="store_true", help="skip the INT8 engine")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "compare_torchvision.json")
     args = parser.parse_args(argv)
 
@@ -79,6 +83,17 @@ def main(argv=None) -> int:
     print("exporting this engine's model directory...", file=sys.stderr)
     export(model, work / "engine", coco_class_names(), arch=args.arch, quiet=True)
     engine = Engine.load(work / "engine", threads=args.threads)
+    engines = {"this engine FP32": engine}
+    if not args.no_int8:
+        import skimage.data
+
+        from exporter.quantize import export_int8
+
+        print("building the INT8 model directory...", file=sys.stderr)
+        calib = [np.ascontiguousarray(skimage.data.stereo_motorcycle()[0]) if n == "motorcycle" else getattr(skimage.data, n)()
+                 for n in CALIBRATION_PHOTOS]
+        export_int8(model, work / "int8", coco_class_names(), calib, arch=args.arch, quiet=True)
+        engines["this engine INT8"] = Engine.load(work / "int8", threads=args.threads)
     print("exporting torchvision's whole graph (legacy exporter, opset 17)...", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,14 +114,18 @@ def main(argv=None) -> int:
         boxes, labels, _, _ = whole.run(None, {"image": tensor.numpy()})
         return boxes[:10], labels[:10]
 
-    stages = []
+    stages = {name: [] for name in engines}
 
-    def run_engine():
-        det = engine.predict(image, score_threshold=0.05, max_detections=10)
-        stages.append(det.timings)
-        return det.boxes, det.class_ids
+    def engine_runner(name):
+        def run():
+            det = engines[name].predict(image, score_threshold=0.05, max_detections=10)
+            stages[name].append(det.timings)
+            return det.boxes, det.class_ids
 
-    methods = {"torchvision eager": run_torchvision, "onnxruntime, whole torchvision graph": run_whole_onnx, "this engine (onnxruntime-cpu)": run_engine}
+        return run
+
+    methods = {"torchvision eager": run_torchvision, "onnxruntime, whole torchvision graph": run_whole_onnx}
+    methods.update({name: engine_runner(name) for name in engines})
     results = {name: fn() for name, fn in methods.items()}  # warm-up, and the top-10s to compare
     ref_boxes, ref_labels = results["torchvision eager"]
     times = {name: [] for name in methods}
@@ -128,7 +147,15 @@ def main(argv=None) -> int:
             "ratio_to_torchvision": round(float(np.median(t)) / base, 3),
             "top10_agreement_with_torchvision": agreement(ref_boxes, ref_labels, *results[name]),
         })
-    stage_ms = {k: round(float(np.median([s.get(k, 0.0) for s in stages[1:]])), 1) for k in stages[-1]}
+    stage_ms = {
+        name: {k: round(float(np.median([s.get(k, 0.0) for s in runs[1:]])), 1) for k in runs[-1]}
+        for name, runs in stages.items()
+    }
+    padded = (1, 3, 800, 1088)
+    dense_gflop = graph_gflop(work / "engine" / "dense.onnx", padded)
+    print("measuring the machine's matrix-multiply rates...", file=sys.stderr)
+    rates = matmul_rates(args.threads)
+    achieved = {name: round(dense_gflop / (stage_ms[name]["dense"] / 1000.0), 1) for name in engines}
     report = {
         "benchmark": "compare_torchvision",
         "arch": args.arch,
@@ -138,6 +165,9 @@ def main(argv=None) -> int:
         "weights": "seeded random (seed 0)",
         "results": rows,
         "engine_stage_median_ms": stage_ms,
+        "dense_graph_gflop": round(dense_gflop, 1),
+        "dense_graph_achieved_gflops": achieved,
+        "machine_matmul_gflops": rates,
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -147,7 +177,10 @@ def main(argv=None) -> int:
     print(f"{'method':40s} {'median':>8s} {'p90':>8s} {'ratio':>6s} {'top-10 agree':>12s}")
     for r in rows:
         print(f"{r['method']:40s} {r['median_s']:8.3f} {r['p90_s']:8.3f} {r['ratio_to_torchvision']:6.2f} {r['top10_agreement_with_torchvision']:12.2f}")
-    print("engine stages (median ms):", stage_ms)
+    for name in engines:
+        print(f"{name} stages (median ms): {stage_ms[name]}")
+        print(f"  dense graph {dense_gflop:.0f} GFLOP at {achieved[name]} GFLOP/s")
+    print(f"machine matmul GFLOP/s (ORT, {args.threads} threads): {rates}")
     return 0
 
 

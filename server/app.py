@@ -5,7 +5,7 @@
     POST /endpoints/{endpoint_name}/invocations  the same (what boto3 / the AWS CLI call)
     GET  /execution-parameters                   Batch Transform settings
     GET  /                                       a web page to try the service (server/static/)
-    GET  /static/{file}                          its script and style sheet
+    GET  /static/{file}                          its script, style sheet, icon and sample scene
 
 Resources are thin: negotiation.py validates headers, responses.py does the work on the
 inference executor, errors.py turns every exception into a JSON error.
@@ -135,6 +135,8 @@ class PageResource:
         resp.data = self._index.read_bytes()
         resp.set_header("Content-Security-Policy", PAGE_CSP)
         resp.set_header("X-Content-Type-Options", "nosniff")
+
+    on_head = on_get  # Falcon sends no body for HEAD
 
 
 class ExecutionParametersResource:

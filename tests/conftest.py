@@ -6,6 +6,7 @@ Models are built once per session; the exports go to a session temporary directo
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,16 @@ def small_model_dir(small_model, tmp_path_factory):
         weights_info={"source": "random", "seed": 0, "trained": False},
         quiet=True,
     )
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir():
+    """The trained demo model committed at demo/model (served when no model dir is given)."""
+    path = Path(__file__).resolve().parents[1] / "demo" / "model"
+    if not (path / "model.json").is_file():
+        pytest.fail(f"{path} is missing: the trained demo model is committed there "
+                    "(train and export it with `python demo/train_shapes.py --export demo/model`)")
     return path
 
 

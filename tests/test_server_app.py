@@ -345,6 +345,47 @@ def test_megapixel_limit_is_configurable(engine, jpeg_body):
     assert_error(post(client, jpeg_body), 413, "160x120")  # 0.0192 MP
 
 
+# ---- the web page -------------------------------------------------------------------------------
+
+
+STATIC_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",),
+                ".svg": ("image/svg+xml",), ".jpg": ("image/jpeg",)}
+
+
+def test_web_page_and_its_assets(client):
+    import re
+
+    resp = client.simulate_get("/")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'self'" in resp.headers["content-security-policy"]
+    page = resp.text
+    assert 'type="file"' in page and 'type="range"' in page and "<table" in page
+    assets = set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page)) | {"/static/sample.jpg"}
+    assert {"/static/app.js", "/static/style.css"} <= assets
+    for path in assets:
+        asset = client.simulate_get(path)
+        assert asset.status_code == 200, path
+        assert asset.headers["content-type"].split(";")[0] in STATIC_TYPES[path[path.rindex("."):]], path
+    assert client.simulate_head("/").status_code == 200
+
+
+def test_web_page_is_served_while_the_model_loads():
+    client = falcon.testing.TestClient(create_app(EngineSlot(), ServerConfig()))
+    assert client.simulate_get("/ping").status_code == 503
+    assert client.simulate_get("/").status_code == 200
+    assert client.simulate_get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/static/missing.js", "/static/../app.py", "/static/%2e%2e/app.py",
+                                  "/static/"])
+def test_static_route_stays_in_its_directory(client, path):
+    assert_error(client.simulate_get(path), 404)
+
+
+def test_web_page_only_answers_get(client):
+    assert_error(client.simulate_post("/", body=b"x"), 405, "POST")
+
+
 # ---- routes, methods, readiness ----------------------------------------------------------------------
 
 

@@ -1,0 +1,131 @@
+"""The real `serve` process on a free port, and a plain HTTP client, for end-to-end tests.
+
+The server is started with the README's command (`serve [--model-dir DIR] --port PORT`,
+with the leading `serve` argument SageMaker's `docker run IMAGE serve` adds) and polled
+for readiness with a deadline, never a blind sleep.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Reply:
+    """The parts of an HTTP response the tests look at."""
+
+    def __init__(self, resp: http.client.HTTPResponse):
+        self.status_code = resp.status
+        self.headers = resp.headers
+        self.content = resp.read()
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def http_call(url: str, method: str = "POST", body=None, headers: dict | None = None,
+              timeout: float = 120.0) -> Reply:
+    """A plain HTTP request with the standard library (an iterable body is sent chunked)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        chunked = body is not None and not isinstance(body, (bytes, bytearray))
+        conn.request(method, parts.path, body=body, headers=headers or {}, encode_chunked=chunked)
+        return Reply(conn.getresponse())
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    """The installed `serve` console script if there is one, else `python -m server`."""
+    script = Path(sys.executable).with_name("serve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+
+
+class ServerProcess:
+    """`serve` in a child process, its output in a log file.
+
+    model_dir None starts it without --model-dir (the server then picks $SM_MODEL_DIR,
+    /opt/ml/model or the bundled demo model). extra_env overrides the environment; a None
+    value removes that variable. cwd is where the process starts (the repository by default).
+    """
+
+    def __init__(self, model_dir: Path | None, log_path: Path,
+                 extra_env: Mapping[str, str | None] | None = None, cwd: Path = REPO):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+        env = {k: v for k, v in env.items() if v is not None}
+        model_args = [] if model_dir is None else ["--model-dir", str(model_dir)]
+        self._log = open(log_path, "wb")  # a file, not a pipe nobody reads, which could fill up
+        self.proc = subprocess.Popen(
+            serve_command() + ["serve", *model_args, "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def ping(self, timeout: float = 2.0) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/ping")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def wait_ready(self, deadline_s: float = 180.0) -> list[int | str]:
+        """Poll /ping until 200, failing early if the process dies. Returns what was seen."""
+        seen: list[int | str] = []
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status = self.ping()
+            except OSError:
+                status = "refused"
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.05)  # a polling interval, bounded by the deadline
+        pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log().splitlines() if line.strip()]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """Make sure the process is gone (a fixture's teardown after a failed test)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
