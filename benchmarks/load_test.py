@@ -49,7 +49,7 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        return resp.status, resp.read(), dict(resp.getheaders())
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         for _ in range(7):
             status, _, h = request(port, "POST", "/invocations", body, headers)
             assert status == 200, status
-            attrs = json.loads(h.get("X-Amzn-SageMaker-Custom-Attributes", "{}"))
+            attrs = json.loads(h.get("x-amzn-sagemaker-custom-attributes", "{}"))
             sequential.append(float(attrs["inference_ms"]))
         engine_median_s = float(np.median(sequential)) / 1000.0
 
