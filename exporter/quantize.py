@@ -4,12 +4,16 @@ Calibration runs the FP32 engine on the user's images and records the exact inpu
 graph sees in service (the photo tensor; the feature maps and level-split RoIs of the box
 and mask heads), so every graph is calibrated on real activations, not on random tensors.
 
-Choices (measured on a 2-core AMD EPYC Zen 4 with ORT 1.32; see benchmarks/README):
+Choices (measured on a 2-core AMD EPYC Zen 4 with ORT 1.32):
 - U8 activations with S8 per-channel weights: ORT's x86 kernels fuse QDQ Conv/Gemm into
   integer kernels only for U8S8; S8S8 left most convs unfused at FP32 speed.
 - MinMax calibration, with CalibStridedMinMax (CalibMaxIntermediateOutputs collects nothing
   in ORT 1.32).
+- Per-channel weights: R50 dense graph at 800x800, FP32 0.562 s, INT8 per-channel 0.383 s,
+  per-tensor 0.429 s (per-channel is both faster and the more accurate).
 - Only Conv, Gemm and MatMul are quantized; RoiAlign, Resize, Softmax and Sigmoid stay FP32.
+  Quantizing every op type ORT supports was slower on the dense graph (0.91 s vs 0.84 s,
+  measured on a loaded machine).
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Speed against accuracy of the resize rule (`build_engine.py --min-size`).
+
+    python benchmarks/min_size.py --checkpoint DEMO_CKPT [--sizes 800 640 512] [--demo-sizes 240 200 160]
+
+R50-FPN v1 (seeded random weights: latency only) at each --min-size on the 640x480 photo, and
+the demo model's COCO AP on 300 held-out 320x240 scenes at each of its min sizes (max size
+scaled alike). Writes benchmarks/results/min_size.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.compare_torchvision import test_photo  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
+
+
+def with_min_size(model, min_size: int):
+    old_min, old_max = model.transform.min_size[-1], model.transform.max_size
+    model.transform.min_size = (min_size,)
+    model.transform.max_size = round(old_max * min_size / old_min)
+    return model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="demo.shapes_model state_dict")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[800, 640, 512])
+    parser.add_argument("--demo-sizes", type=int, nargs="+", default=[240, 200, 160])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "min_size.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from demo.evaluate import engine_predictor, evaluate, held_out_scenes
+    from demo.shapes import CLASS_NAMES
+    from demo.shapes_model import build_shapes_model
+    from engine import Engine
+    from exporter import export
+    from exporter.weights import coco_class_names, random_model
+
+    work = Path(tempfile.mkdtemp(prefix="minsize-"))
+    photo = test_photo()
+    r50 = []
+    for size in args.sizes:
+        export(with_min_size(random_model("maskrcnn_resnet50_fpn", seed=0), size), work / f"r50-{size}", coco_class_names(), quiet=True)
+        engine = Engine.load(work / f"r50-{size}")
+        engine.predict(photo)
+        times = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            engine.predict(photo, score_threshold=0.05, max_detections=10)
+            times.append(time.perf_counter() - start)
+        r50.append({"min_size": size, "median_s": round(float(np.median(times)), 4)})
+        print(r50[-1], file=sys.stderr)
+
+    scenes = held_out_scenes(300)
+    demo = []
+    for size in args.demo_sizes:
+        model = build_shapes_model()
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+        export(with_min_size(model.eval(), size), work / f"demo-{size}", CLASS_NAMES, mask_paste="aligned", quiet=True)
+        engine = Engine.load(work / f"demo-{size}")
+        start = time.perf_counter()
+        figures = evaluate(engine_predictor(engine), scenes)
+        demo.append({"min_size": size, "ms_per_scene": round((time.perf_counter() - start) / len(scenes) * 1000, 1),
+                     "bbox_AP": round(figures["bbox"]["AP"], 3), "segm_AP": round(figures["segm"]["AP"], 3),
+                     "segm_AP50": round(figures["segm"]["AP50"], 3)})
+        print(demo[-1], file=sys.stderr)
+
+    report = {"benchmark": "min_size", "r50_v1_640x480_latency": r50, "demo_model_300_scenes": demo,
+              "machine": describe(), "date": time.strftime("%Y-%m-%d")}
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
