@@ -57,7 +57,6 @@ def _timed(session, feed, repeats: int) -> float:
 
 def matmul_rates(threads: int, n: int = 2048, repeats: int = 7) -> dict:
     """GFLOP/s of an n x n x n FP32 MatMul and of a U8 x S8 MatMulInteger in ONNX Runtime."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

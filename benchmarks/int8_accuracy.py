@@ -12,7 +12,6 @@ also returns with the same class and box IoU >= 0.9. Calibration uses training-r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_torchvision import box_iou  # noqa: E402
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -77,12 +76,8 @@ def main(argv=None) -> int:
         "fp32_detections": total,
         "coco": {k: {"bbox_AP": v["bbox"]["AP"], "segm_AP": v["segm"]["AP"], "segm_AP50": v["segm"]["AP50"]} for k, v in figures.items()},
         "ms_per_scene_including_eval": {k: round(v, 1) for k, v in latency.items()},
-        "machine": describe(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    write_results(report, args.output)
     return 0
 
 

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import write_results  # noqa: E402
 
 
 def free_port() -> int:
@@ -169,12 +169,8 @@ def main(argv=None) -> int:
         "memory_mib": {k: round(v, 1) for k, v in memory.items()},
         "memory_growth": round(memory["after_all_mib"] / memory["after_20_mib"] - 1.0, 4) if "after_20_mib" in memory else None,
         "server_exit_code": proc.returncode,
-        "machine": describe(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    write_results(report, args.output)
     return 0
 
 

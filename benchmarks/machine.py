@@ -38,3 +38,17 @@ def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch"
         "os": platform.platform(),
         "packages": versions,
     }
+
+
+def write_results(report: dict, path) -> None:
+    """Stamp `report` with the machine and date, write it as JSON to `path` and print it
+    (without the machine block)."""
+    import json
+    import time
+    from pathlib import Path
+
+    report = {**report, "machine": describe(), "date": time.strftime("%Y-%m-%d")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))

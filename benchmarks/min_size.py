@@ -11,7 +11,6 @@ scaled alike). Writes benchmarks/results/min_size.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_torchvision import test_photo  # noqa: E402
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import write_results  # noqa: E402
 
 
 def with_min_size(model, min_size: int):
@@ -80,10 +79,7 @@ def main(argv=None) -> int:
                      "segm_AP50": round(figures["segm"]["AP50"], 3)})
         print(demo[-1], file=sys.stderr)
 
-    report = {"benchmark": "min_size", "r50_v1_640x480_latency": r50, "demo_model_300_scenes": demo,
-              "machine": describe(), "date": time.strftime("%Y-%m-%d")}
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    write_results({"benchmark": "min_size", "r50_v1_640x480_latency": r50, "demo_model_300_scenes": demo}, args.output)
     return 0
 
 
