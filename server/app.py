@@ -151,6 +151,16 @@ class ExecutionParametersResource:
         }
 
 
+class OnlyDeclaredMethods:
+    """405 for OPTIONS too: Falcon answers it by default (200 + Allow), but the contract is
+    that a route answers its own methods and nothing else."""
+
+    def process_resource(self, req, resp, resource, params):
+        if req.method == "OPTIONS" and resource is not None and not hasattr(resource, "on_options"):
+            allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH") if hasattr(resource, f"on_{m.lower()}")]
+            raise falcon.HTTPMethodNotAllowed(allowed)
+
+
 class RequestLogger:
     """One structured log record per request (record.fields holds the JSON-able fields)."""
 
@@ -193,7 +203,7 @@ def create_app(engine, config: ServerConfig | None = None,
     config = config or ServerConfig()
     slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
     executor = executor or InferenceExecutor(config.workers, config.queue_size)
-    app = falcon.App(middleware=[RequestLogger()])
+    app = falcon.App(middleware=[RequestLogger(), OnlyDeclaredMethods()])
     app.req_options.strip_url_path_trailing_slash = True
     invocations = InvocationsResource(slot, executor, config)
     app.add_route("/ping", PingResource(slot, config))

@@ -391,7 +391,8 @@ def test_web_page_only_answers_get(client):
 
 @pytest.mark.parametrize("method, path", [("GET", "/invocations"), ("PUT", "/invocations"),
                                           ("DELETE", "/endpoints/x/invocations"), ("POST", "/ping"),
-                                          ("POST", "/execution-parameters")])
+                                          ("POST", "/execution-parameters"), ("OPTIONS", "/invocations"),
+                                          ("OPTIONS", "/ping")])
 def test_other_methods_are_405_with_json(client, method, path):
     resp = client.simulate_request(method, path)
     assert_error(resp, 405, method)
