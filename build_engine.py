@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: build_engine.py needs torch: pip install '.[export]'", file=sys.stderr)
         return 2
-    from exporter.weights import WeightsError, coco_class_names, coco_model, file_model, random_model
+    from exporter.weights import WeightsError, coco_class_names, coco_model, file_model, random_model, set_resize_rule
 
     try:
         class_names = read_class_names(args.class_names) if args.class_names else coco_class_names()
@@ -89,9 +89,7 @@ def main(argv=None) -> int:
             model = file_model(args.arch, Path(args.weights), num_classes=len(class_names))
             info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)), "trained": True}
         if args.min_size:
-            old_min, old_max = model.transform.min_size[-1], model.transform.max_size
-            model.transform.min_size = (args.min_size,)
-            model.transform.max_size = args.max_size or round(old_max * args.min_size / old_min)
+            set_resize_rule(model, args.min_size, args.max_size)
         options = dict(name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)
         if args.int8:
             from exporter.quantize import export_int8, load_calibration_images

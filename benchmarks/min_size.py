@@ -25,13 +25,6 @@ from benchmarks.compare_torchvision import test_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 
-def with_min_size(model, min_size: int):
-    old_min, old_max = model.transform.min_size[-1], model.transform.max_size
-    model.transform.min_size = (min_size,)
-    model.transform.max_size = round(old_max * min_size / old_min)
-    return model
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="demo.shapes_model state_dict")
@@ -48,13 +41,13 @@ def main(argv=None) -> int:
     from demo.shapes_model import build_shapes_model
     from engine import Engine
     from exporter import export
-    from exporter.weights import coco_class_names, random_model
+    from exporter.weights import coco_class_names, random_model, set_resize_rule
 
     work = Path(tempfile.mkdtemp(prefix="minsize-"))
     photo = test_photo()
     r50 = []
     for size in args.sizes:
-        export(with_min_size(random_model("maskrcnn_resnet50_fpn", seed=0), size), work / f"r50-{size}", coco_class_names(), quiet=True)
+        export(set_resize_rule(random_model("maskrcnn_resnet50_fpn", seed=0), size), work / f"r50-{size}", coco_class_names(), quiet=True)
         engine = Engine.load(work / f"r50-{size}")
         engine.predict(photo)
         times = []
@@ -70,7 +63,7 @@ def main(argv=None) -> int:
     for size in args.demo_sizes:
         model = build_shapes_model()
         model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-        export(with_min_size(model.eval(), size), work / f"demo-{size}", CLASS_NAMES, mask_paste="aligned", quiet=True)
+        export(set_resize_rule(model.eval(), size), work / f"demo-{size}", CLASS_NAMES, mask_paste="aligned", quiet=True)
         engine = Engine.load(work / f"demo-{size}")
         start = time.perf_counter()
         figures = evaluate(engine_predictor(engine), scenes)

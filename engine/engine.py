@@ -140,13 +140,12 @@ class Engine:
             timings=timings,
         )
 
-
     def _paste(self, mask_probs, boxes, prepared):
         """torchvision's paste (the default), or the opt-in aligned paste (model.json
         mask_head.paste = "aligned"; see engine.masks.paste_masks_aligned)."""
         head = self.config["mask_head"]
         threshold = head.get("mask_threshold", 0.5)
-        if head.get("paste", "torchvision") == "aligned":
+        if head.get("paste") == "aligned":
             factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
             return paste_masks_aligned(mask_probs, boxes, prepared.original_size, factor, threshold)
         return paste_masks(mask_probs, boxes, prepared.original_size, threshold)

@@ -91,3 +91,7 @@ def paste_masks_aligned(mask_probs: np.ndarray, boxes: np.ndarray, image_size, r
         )
         out[i, wy0:wy1, wx0:wx1] = window > threshold
     return out
+
+
+# model.json mask_head.paste -> how the engine pastes masks ("torchvision" is the default)
+PASTE_MODES = ("torchvision", "aligned")

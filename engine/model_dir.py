@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelDirError
+from .masks import PASTE_MODES
 
 MODEL_FORMAT = "maskrcnn-serve/1"
 GRAPHS = ("dense", "box_head", "mask_head")
@@ -70,9 +71,9 @@ class ModelDir:
         for key, kind in _REQUIRED.items():
             if not isinstance(config.get(key), kind):
                 raise ModelDirError(f"{meta}: missing or malformed {key!r}")
-        paste = config["mask_head"].get("paste", "torchvision")
-        if paste not in ("torchvision", "aligned"):
-            raise ModelDirError(f"{meta}: mask_head.paste must be 'torchvision' or 'aligned', not {paste!r}")
+        paste = config["mask_head"].get("paste", PASTE_MODES[0])
+        if paste not in PASTE_MODES:
+            raise ModelDirError(f"{meta}: mask_head.paste must be one of {PASTE_MODES}, not {paste!r}")
         for key in GRAPHS:
             entry = config["graphs"].get(key)
             if not isinstance(entry, dict) or "file" not in entry:

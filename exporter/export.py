@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from engine.masks import PASTE_MODES
 from engine.model_dir import MODEL_FORMAT, sha256_of
 
 from .graphs import BoxHeadGraph, DenseGraph, MaskHeadGraph
@@ -105,8 +106,8 @@ def export(
         raise ValueError(f"model has {num_classes} classes but {len(class_names)} class names were given")
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} already exists (pass overwrite=True / --force to replace it)")
-    if mask_paste not in ("torchvision", "aligned"):
-        raise ValueError(f"mask_paste must be 'torchvision' or 'aligned', not {mask_paste!r}")
+    if mask_paste not in PASTE_MODES:
+        raise ValueError(f"mask_paste must be one of {PASTE_MODES}, not {mask_paste!r}")
 
     model = model.eval().cpu()
     transform, rpn, heads = model.transform, model.rpn, model.roi_heads

@@ -93,6 +93,15 @@ def file_model(arch: str, path: Path, num_classes: int | None = None):
     return model
 
 
+def set_resize_rule(model, min_size: int, max_size: int | None = None):
+    """Change `model`'s resize rule (torchvision's transform) before export: the short side to
+    `min_size`, the long-side cap to `max_size` or, by default, scaled in proportion."""
+    old_min, old_max = model.transform.min_size[-1], model.transform.max_size
+    model.transform.min_size = (int(min_size),)
+    model.transform.max_size = int(max_size) if max_size else round(old_max * min_size / old_min)
+    return model
+
+
 def random_model(arch: str, seed: int, num_classes: int = 91):
     """The architecture with seeded random weights, for tests and benchmarks.
 

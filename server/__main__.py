@@ -140,11 +140,13 @@ def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, workers: int,
                  stop: threading.Event, failed: threading.Event) -> None:
     """Load and warm up the engine, then fill the slot (/ping turns 200); on error, stop."""
     start = time.perf_counter()
-    # One worker: the backend's default (every core). Several: share the cores among them
-    # rather than oversubscribe them.
-    threads = None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
     try:
         from engine import Engine
+        from engine.backends.onnxruntime_cpu import default_threads
+
+        # One worker: the backend's default (the cores this process may use, or
+        # MASKRCNN_THREADS). Several: share those among them rather than oversubscribe.
+        threads = None if workers == 1 else max(1, default_threads() // workers)
 
         engine = Engine.load(model_dir, backend=backend, threads=threads)
         engine.warmup()

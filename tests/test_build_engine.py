@@ -125,3 +125,14 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "int8"]
     det = Engine.load(out).predict(photo("motorcycle"), score_threshold=0.05)
     assert len(det) > 0 and det.masks.shape[1:] == photo("motorcycle").shape[:2]
+
+
+def test_resize_rule_reaches_model_json(tmp_path):
+    from conftest import SMALL_CLASSES, build_small_maskrcnn
+    from exporter import export
+    from exporter.weights import set_resize_rule
+
+    model = set_resize_rule(build_small_maskrcnn(), 160)  # 320/480 scaled alike
+    config = json.loads((export(model, tmp_path / "m", SMALL_CLASSES, quiet=True) / "model.json").read_text())
+    assert (config["transform"]["min_size"], config["transform"]["max_size"]) == (160, 240)
+    assert set_resize_rule(model, 200, 500).transform.max_size == 500

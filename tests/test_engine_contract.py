@@ -155,3 +155,12 @@ def test_predict_command_line(small_model_dir, tmp_path):
     assert bad.returncode != 0 and "error:" in bad.stderr and "Traceback" not in bad.stderr
     listing = subprocess.run([sys.executable, "-m", "engine", "backends"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "onnxruntime-cpu" in listing.stdout and "available" in listing.stdout
+
+
+def test_unknown_mask_paste_mode_is_named(small_model_dir, tmp_path):
+    model = copy_model(small_model_dir, tmp_path)
+    config = json.loads((model / "model.json").read_text())
+    config["mask_head"]["paste"] = "sideways"
+    (model / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"model\.json.*mask_head\.paste.*sideways"):
+        Engine.load(model)
