@@ -26,17 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arithmetic import graph_gflop, matmul_rates  # noqa: E402
+from benchmarks.inputs import test_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")  # the timed photo is coffee
-
-
-def test_photo() -> np.ndarray:
-    """skimage's coffee photo (400x600) resized to 640x480, the size the targets are set at."""
-    import cv2
-    import skimage.data
-
-    return np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_LINEAR))
 
 
 def box_iou(a, b):
@@ -74,14 +67,12 @@ def main(argv=None) -> int:
     from exporter import export
     from exporter.weights import coco_class_names, random_model
 
-    import cv2
-
     from engine import decode_image
     from engine.render import encode_image, render_detections
 
     torch.set_num_threads(args.threads)
     # every method sees the same pixels: the photo as a client would upload it (JPEG q90), decoded
-    photo_jpeg = cv2.imencode(".jpg", test_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    photo_jpeg = test_photo_jpeg()
     image = decode_image(photo_jpeg)
     tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     model = random_model(args.arch, seed=0)  # box_score_thresh 0.05, 100 detections: torchvision's defaults

@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,13 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.inputs import free_port, test_photo_jpeg  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -68,14 +62,6 @@ def wait_ready(port: int, proc, deadline_s: float = 300.0) -> None:
     raise TimeoutError("server not ready")
 
 
-def photo_jpeg() -> bytes:
-    import cv2
-    import skimage.data
-
-    image = cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_LINEAR)
-    return cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -91,7 +77,7 @@ def main(argv=None) -> int:
                              "--host", "127.0.0.1", "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         wait_ready(port, proc)
-        body = photo_jpeg()
+        body = test_photo_jpeg()
         headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
         sequential = []
         for _ in range(7):

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_torchvision import test_photo  # noqa: E402
+from benchmarks.inputs import test_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 

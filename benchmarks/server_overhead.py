@@ -28,9 +28,7 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,21 +41,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
+from benchmarks.inputs import free_port, test_photo_jpeg  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
 BUDGET_MS = {"application/json": 10.0, "image/jpeg": 40.0}
 KINDS = {"json": "application/json", "jpeg": "image/jpeg"}
-
-
-def photo_640x480() -> bytes:
-    """scikit-image's coffee photo (400x600) resized to 640x480, as a quality-90 JPEG."""
-    from skimage import data
-
-    rgb = cv2.resize(data.coffee(), (640, 480), interpolation=cv2.INTER_CUBIC)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return buf.tobytes()
 
 
 class ReplayEngine:
@@ -129,12 +118,6 @@ def in_process(engine, body: bytes, repeats: int) -> dict:
     return measure(call, repeats)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def over_http(command: list[str], body: bytes, repeats: int, log_path: Path) -> dict:
     """Start a server process, wait for /ping 200 (with a deadline), measure, SIGTERM it."""
     port = free_port()
@@ -178,7 +161,7 @@ def replay_server(model_dir: Path, port: int) -> None:
     from server.serving import serve_until
 
     config = ServerConfig()
-    app = create_app(load(model_dir, "replay", photo_640x480()), config)
+    app = create_app(load(model_dir, "replay", test_photo_jpeg()), config)
     server = waitress.create_server(app, host="127.0.0.1", port=port, threads=config.http_threads)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -214,27 +197,6 @@ def step_costs(engine, body: bytes, repeats: int = 30) -> dict:
     }
 
 
-def machine() -> dict:
-    import importlib.metadata as md
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("numpy", "opencv-python-headless", "onnxruntime", "falcon", "waitress"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "packages": versions}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True,
@@ -252,7 +214,7 @@ def main(argv=None) -> int:
         replay_server(args.model_dir, args.port)
         return 0
 
-    body = photo_640x480()
+    body = test_photo_jpeg()
     load_before = os.getloadavg()
     print(f"640x480 photo, {len(body)} bytes JPEG; model {args.model_dir}; load average {load_before}",
           file=sys.stderr)
@@ -292,7 +254,7 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "server overhead over engine.predict: median over requests of (client latency - inference_ms)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "load_average_before": load_before, "load_average_after": load_after},
+        "machine": {**describe(), "load_average_before": load_before, "load_average_after": load_after},
         "model": {"dir": str(args.model_dir), "name": model_json.get("name"), "arch": model_json.get("arch"),
                   "weights": model_json.get("weights")},
         "image": {"source": "skimage.data.coffee resized to 640x480, JPEG quality 90", "jpeg_bytes": len(body)},

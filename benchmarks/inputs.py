@@ -1,0 +1,28 @@
+"""What the benchmarks feed the engine and the server: one photo, and a free local port."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+
+def test_photo() -> np.ndarray:
+    """skimage's coffee photo (400x600) resized to 640x480 RGB, the size the targets are set at."""
+    import cv2
+    import skimage.data
+
+    return np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_LINEAR))
+
+
+def test_photo_jpeg(quality: int = 90) -> bytes:
+    """`test_photo()` as a client would upload it."""
+    import cv2
+
+    return cv2.imencode(".jpg", test_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
