@@ -45,43 +45,61 @@ def graph_gflop(onnx_path, input_shape) -> float:
     return flops / 1e9
 
 
-def _timed(session, feed, repeats: int) -> float:
-    session.run(None, feed)
-    best = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best.append(time.perf_counter() - start)
-    return float(np.median(best))
+class MatmulProbe:
+    """An n x n x n FP32 MatMul and a U8 x S8 MatMulInteger in ONNX Runtime, timed once per
+    `time_once()` call, so a benchmark can interleave them with what it measures (the
+    machine's rate under the same conditions) and report the median rate."""
+
+    KINDS = {"fp32": "MatMul", "int8_u8s8": "MatMulInteger"}
+
+    def __init__(self, threads: int, n: int = 2048):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        rng = np.random.default_rng(0)
+        self.n = n
+        self._sessions, self._feeds = {}, {}
+        self.seconds: dict[str, list[float]] = {kind: [] for kind in self.KINDS}
+        for kind, op in self.KINDS.items():
+            a_type, b_type, out_type = (
+                (TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT)
+                if op == "MatMul"
+                else (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+            )
+            graph = helper.make_graph(
+                [helper.make_node(op, ["a", "b"], ["c"])],
+                kind,
+                [helper.make_tensor_value_info("a", a_type, [n, n]), helper.make_tensor_value_info("b", b_type, [n, n])],
+                [helper.make_tensor_value_info("c", out_type, [n, n])],
+            )
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            self._sessions[kind] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            if op == "MatMul":
+                self._feeds[kind] = {"a": rng.random((n, n), np.float32), "b": rng.random((n, n), np.float32)}
+            else:
+                self._feeds[kind] = {
+                    "a": rng.integers(0, 255, (n, n), dtype=np.uint8),
+                    "b": rng.integers(-127, 127, (n, n), dtype=np.int8),
+                }
+            self._sessions[kind].run(None, self._feeds[kind])  # warm-up
+
+    def time_once(self) -> None:
+        for kind, session in self._sessions.items():
+            start = time.perf_counter()
+            session.run(None, self._feeds[kind])
+            self.seconds[kind].append(time.perf_counter() - start)
+
+    def rates(self) -> dict:
+        """GFLOP/s (2 n^3 per product) at the median of the timings so far."""
+        return {kind: round(2 * self.n**3 / float(np.median(t)) / 1e9, 1) for kind, t in self.seconds.items() if t}
 
 
 def matmul_rates(threads: int, n: int = 2048, repeats: int = 7) -> dict:
     """GFLOP/s of an n x n x n FP32 MatMul and of a U8 x S8 MatMulInteger in ONNX Runtime."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    rng = np.random.default_rng(0)
-    results = {}
-    for name, (a_type, b_type, op) in {
-        "fp32": (TensorProto.FLOAT, TensorProto.FLOAT, "MatMul"),
-        "int8_u8s8": (TensorProto.UINT8, TensorProto.INT8, "MatMulInteger"),
-    }.items():
-        out_type = TensorProto.FLOAT if op == "MatMul" else TensorProto.INT32
-        graph = helper.make_graph(
-            [helper.make_node(op, ["a", "b"], ["c"])],
-            name,
-            [helper.make_tensor_value_info("a", a_type, [n, n]), helper.make_tensor_value_info("b", b_type, [n, n])],
-            [helper.make_tensor_value_info("c", out_type, [n, n])],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        if op == "MatMul":
-            feed = {"a": rng.random((n, n), np.float32), "b": rng.random((n, n), np.float32)}
-        else:
-            feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
-        seconds = _timed(session, feed, repeats)
-        results[name] = round(2 * n**3 / seconds / 1e9, 1)
-    return results
+    probe = MatmulProbe(threads, n)
+    for _ in range(repeats):
+        probe.time_once()
+    return probe.rates()

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.arithmetic import graph_gflop, matmul_rates  # noqa: E402
+from benchmarks.arithmetic import MatmulProbe, graph_gflop  # noqa: E402
 from benchmarks.inputs import test_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
@@ -135,7 +135,11 @@ def main(argv=None) -> int:
     results = {name: fn() for name, fn in methods.items()}  # warm-up, and the top-10s to compare
     ref_boxes, ref_labels = results["torchvision eager"]
     times = {name: [] for name in methods}
+    # the machine's matrix-multiply rates, timed in every round beside the methods, so they
+    # are measured under the same conditions as the dense graphs they are compared with
+    probe = MatmulProbe(args.threads)
     for run in range(args.runs):
+        probe.time_once()
         for name, fn in methods.items():
             start = time.perf_counter()
             fn()
@@ -159,8 +163,7 @@ def main(argv=None) -> int:
     }
     padded = (1, 3, 800, 1088)
     dense_gflop = graph_gflop(work / "engine" / "dense.onnx", padded)
-    print("measuring the machine's matrix-multiply rates...", file=sys.stderr)
-    rates = matmul_rates(args.threads)
+    rates = probe.rates()
     achieved = {name: round(dense_gflop / (stage_ms[name]["dense"] / 1000.0), 1) for name in engines}
     report = {
         "benchmark": "compare_torchvision",

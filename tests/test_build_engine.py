@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +123,54 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
     for graph in ("dense", "box_head", "mask_head"):
         ops = {n.op_type for n in onnx.load(str(out / f"{graph}.onnx")).graph.node}
         assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, graph
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "int8"]
+        # every quantized op must reach ONNX Runtime's integer kernels (QLinearConv, QGemm):
+        # a float Conv left after its QDQ fusions runs at FP32 speed between Q/DQ pairs
+        assert float_ops_after_fusion(out / f"{graph}.onnx", tmp_path / f"{graph}.fused.onnx") == [], graph
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".fused.onnx")) == ["calib", "int8"]
     det = Engine.load(out).predict(photo("motorcycle"), score_threshold=0.05)
     assert len(det) > 0 and det.masks.shape[1:] == photo("motorcycle").shape[:2]
+
+
+def float_ops_after_fusion(graph_path, fused_path) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes that ONNX Runtime still runs in float after its
+    QDQ fusions (ORT_ENABLE_EXTENDED: the fusions, without hardware-specific layouts)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(fused_path)
+    ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(fused_path)).graph.node
+    return [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul") and n.domain in ("", "ai.onnx")]
+
+
+def test_private_initializers_keep_the_graph_and_drop_shared_identities(tmp_path, small_model_dir):
+    """torch.onnx.export reads equal initializers (the all-zero biases of a fresh model)
+    through Identity nodes; the quantizer needs each as its own initializer."""
+    import onnx
+    import onnxruntime as ort
+
+    from conftest import photo
+    from engine.preprocess import preprocess
+    from exporter.quantize import materialize_shared_initializers
+
+    source = small_model_dir / "dense.onnx"
+    graph = onnx.load(str(source)).graph
+    initializers = {i.name for i in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers]
+    assert shared, "the fixture no longer has shared initializers; this test would prove nothing"
+    copies = materialize_shared_initializers(source, tmp_path / "private.onnx")
+    result = onnx.load(str(tmp_path / "private.onnx")).graph
+    assert copies >= len(shared)
+    assert not [n for n in result.node if n.op_type == "Identity" and n.input[0] in {i.name for i in result.initializer}]
+    config = json.loads((small_model_dir / "model.json").read_text())["transform"]
+    image = preprocess(photo("coffee"), config["image_mean"], config["image_std"], config["min_size"],
+                       config["max_size"], config["size_divisible"]).tensor
+    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"images": image})
+    after = ort.InferenceSession(str(tmp_path / "private.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": image})
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resize_rule_reaches_model_json(tmp_path):
