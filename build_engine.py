@@ -5,6 +5,12 @@
     python build_engine.py --arch maskrcnn_resnet50_fpn_v2 --weights model.pth --output models/v2
     python build_engine.py --weights random --seed 0 --output /tmp/random-r50
 
+TensorRT plans, built on the GPU that will serve (plans are GPU- and TensorRT-specific; no
+torch needed when the model directory exists):
+
+    python build_engine.py --tensorrt --fp16 --output models/coco-v1
+    python build_engine.py --tensorrt --fp16 --from-model-dir /opt/ml/model --output /tmp/model --if-missing
+
 Custom models go through the same path from Python:
 
     from build_engine import export
@@ -18,7 +24,10 @@ import json
 import sys
 from pathlib import Path
 
-from exporter import export  # noqa: F401  (re-exported: the Python entry point)
+try:
+    from exporter import export  # noqa: F401  (re-exported: the Python entry point)
+except ImportError:  # no torch (the GPU image): only --tensorrt on an existing model directory
+    export = None
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 
@@ -49,6 +58,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=Path, help="directory of JPEG/PNG photos like the ones you will serve")
     parser.add_argument("--name", help="model name reported by the server (default: the directory name)")
     parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    trt = parser.add_argument_group(
+        "TensorRT", "build GPU plans into the model directory --output (exported first if it does not exist); "
+        "run on the GPU that will serve")
+    trt.add_argument("--tensorrt", action="store_true", help="build TensorRT plans (needs tensorrt and an NVIDIA GPU)")
+    precision = trt.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
+                           help="FP16 kernels where faster (the default with --tensorrt)")
+    precision.add_argument("--fp32", action="store_const", const="fp32", dest="precision", help="FP32 only")
+    trt.add_argument("--from-model-dir", type=Path,
+                     help="read-only model directory to take the graphs from; --output becomes a writable "
+                     "copy (graphs symlinked) that holds the plans")
+    trt.add_argument("--if-missing", action="store_true",
+                     help="do nothing when --output already has plans of this precision for this GPU and TensorRT")
+    trt.add_argument("--slots", type=int, default=2,
+                     help="requests the plans can run at once (one optimization profile each; default %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -59,11 +83,46 @@ def read_class_names(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def build_tensorrt(args) -> int:
+    """--tensorrt: plans into --output (a writable copy of --from-model-dir, or exported first
+    when it does not exist). Every failure is one line on stderr and a non-zero exit."""
+    from exporter.tensorrt_build import TensorRTBuildError, build_plans, environment_reason, writable_copy
+    from engine.errors import EngineError
+
+    precision = "int8" if args.int8 else (args.precision or "fp16")
+    reason = environment_reason()
+    if reason:  # before any export: fail in a second, not after minutes
+        print(f"error: --tensorrt needs TensorRT and an NVIDIA GPU: {reason}", file=sys.stderr)
+        return 2
+    try:
+        if args.from_model_dir:
+            writable_copy(args.from_model_dir, args.output)
+        elif not args.output.exists():
+            status = export_model_dir(args, quantize=False)
+            if status:
+                return status
+        build_plans(args.output, precision, calib_images=args.calib_images, slots=args.slots, if_missing=args.if_missing)
+    except (TensorRTBuildError, EngineError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.int8 and not args.calib_images:
         print("error: --int8 needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
         return 2
+    if args.tensorrt:
+        return build_tensorrt(args)
+    if args.precision or args.from_model_dir or args.if_missing:
+        print("error: --fp16, --fp32, --from-model-dir and --if-missing go with --tensorrt", file=sys.stderr)
+        return 2
+    return export_model_dir(args, quantize=args.int8)
+
+
+def export_model_dir(args, quantize: bool) -> int:
+    """The ONNX model directory --output (needs torch)."""
     if args.output.exists() and not args.force:
         print(f"error: {args.output} already exists (use --force to replace it)", file=sys.stderr)
         return 2
@@ -91,7 +150,7 @@ def main(argv=None) -> int:
         if args.min_size:
             set_resize_rule(model, args.min_size, args.max_size)
         options = dict(name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)
-        if args.int8:
+        if quantize:
             from exporter.quantize import export_int8, load_calibration_images
 
             export_int8(model, args.output, class_names, load_calibration_images(args.calib_images), **options)

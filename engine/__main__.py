@@ -1,7 +1,7 @@
 """Command line for the engine, usable without the server.
 
     python -m engine predict --model-dir DIR photo.jpg [--json | --out segmented.jpg]
-    python -m engine backends
+    python -m engine backends [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import Engine, EngineError, decode_image
-from .backends import available_backends
+from .backends import available_backends, choose_backend
 
 
 def detections_json(detections) -> dict:
@@ -44,8 +44,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_backends(args) -> int:
-    for name, reason in available_backends().items():
+    status = available_backends(args.model_dir)
+    for name, reason in status.items():
         print(f"{name:20s} {'available' if reason is None else 'unavailable: ' + reason}")
+    scope = f" for {args.model_dir}" if args.model_dir else " (without --model-dir: TensorRT plans not checked)"
+    print(f"auto picks {choose_backend(status)}{scope}")
     return 0
 
 
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
     predict.add_argument("--backend", default="auto")
     predict.set_defaults(func=cmd_predict)
     backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
+    backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")
     backends.set_defaults(func=cmd_backends)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 class Engine:
     """A loaded model directory and the backend that runs its graphs. Thread-safe for
-    concurrent `predict` calls (ONNX Runtime sessions are), though each call already uses
-    every core the backend was given."""
+    concurrent `predict` calls (ONNX Runtime sessions are; the GPU backends give each call
+    its own pooled slot of device buffers), though on the CPU each call already uses every
+    core the backend was given."""
 
     def __init__(self, model_dir: ModelDir, backend):
         self.model_dir = model_dir
@@ -96,37 +97,45 @@ class Engine:
         prepared = preprocess(image, t["image_mean"], t["image_std"], t["min_size"], t["max_size"], t["size_divisible"])
         lap("preprocess")
         dense = self.backend.run_dense(prepared.tensor)
-        lap("dense")
-        proposals, _ = select_proposals(
-            dense.rpn_logits, dense.rpn_deltas, prepared.padded_size, prepared.resized_size, cfg["rpn"]
-        )
-        lap("proposals")
-        result = Detections.empty(prepared.original_size)
-        if proposals.shape[0] == 0:
-            result.timings = timings
-            return result
-        split = split_by_level(proposals, cfg["box_head"])
-        class_probs, box_deltas = self.backend.run_box_head(dense.features, split.rois)
-        lap("box_head")
-        boxes, scores, labels = select_detections(
-            split.restore(class_probs),
-            split.restore(box_deltas),
-            proposals,
-            prepared.resized_size,
-            cfg["box_head"],
-            float(score_threshold),
-            int(max_detections),
-            class_ids,
-        )
-        lap("detections")
-        if boxes.shape[0] == 0:
-            result.timings = timings
-            return result
-        mask_split = split_by_level(boxes, cfg["mask_head"])
-        # class of each graph row (filler rows get class 0; their output is dropped)
-        ordered_labels = np.where(mask_split.order >= 0, labels[np.maximum(mask_split.order, 0)], 0)
-        mask_probs = mask_split.restore(self.backend.run_mask_head(dense.features, mask_split.rois, ordered_labels))
-        lap("mask_head")
+        # From here the backend may hold per-request resources (the GPU backends keep the
+        # feature maps in a pooled slot of device buffers) until release(), which comes as
+        # soon as the last graph has run, before the CPU-only mask paste.
+        try:
+            lap("dense")
+            proposals, _ = select_proposals(
+                dense.rpn_logits, dense.rpn_deltas, prepared.padded_size, prepared.resized_size, cfg["rpn"]
+            )
+            lap("proposals")
+            result = Detections.empty(prepared.original_size)
+            if proposals.shape[0] == 0:
+                result.timings = timings
+                return result
+            split = split_by_level(proposals, cfg["box_head"])
+            class_probs, box_deltas = self.backend.run_box_head(dense.features, split.rois)
+            lap("box_head")
+            boxes, scores, labels = select_detections(
+                split.restore(class_probs),
+                split.restore(box_deltas),
+                proposals,
+                prepared.resized_size,
+                cfg["box_head"],
+                float(score_threshold),
+                int(max_detections),
+                class_ids,
+            )
+            lap("detections")
+            if boxes.shape[0] == 0:
+                result.timings = timings
+                return result
+            mask_split = split_by_level(boxes, cfg["mask_head"])
+            # class of each graph row (filler rows get class 0; their output is dropped)
+            ordered_labels = np.where(mask_split.order >= 0, labels[np.maximum(mask_split.order, 0)], 0)
+            mask_probs = mask_split.restore(self.backend.run_mask_head(dense.features, mask_split.rois, ordered_labels))
+            lap("mask_head")
+        finally:
+            release = getattr(self.backend, "release", None)  # backend wrappers may lack it
+            if release is not None:
+                release(dense)
         boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
         masks = self._paste(mask_probs, boxes, prepared)
         lap("paste")

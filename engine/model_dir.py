@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import ModelDirError
 from .masks import PASTE_MODES
+from .tensorrt_plans import validate_section
 
 MODEL_FORMAT = "maskrcnn-serve/1"
 GRAPHS = ("dense", "box_head", "mask_head")
@@ -54,6 +55,14 @@ class ModelDir:
     def graph_path(self, key: str) -> Path:
         return self.path / self.config["graphs"][key]["file"]
 
+    @property
+    def tensorrt(self) -> dict | None:
+        """model.json's "tensorrt" section (see engine.tensorrt_plans), or None without plans."""
+        return self.config.get("tensorrt")
+
+    def plan_path(self, key: str) -> Path:
+        return self.path / self.config["tensorrt"]["plans"][key]["file"]
+
     @classmethod
     def open(cls, path, verify_checksums: bool = True) -> "ModelDir":
         path = Path(path)
@@ -83,4 +92,12 @@ class ModelDir:
                 raise ModelDirError(f"{graph} is missing")
             if verify_checksums and entry.get("sha256") and sha256_of(graph) != entry["sha256"]:
                 raise ModelDirError(f"{graph} is corrupt (sha256 differs from model.json)")
+        if "tensorrt" in config:  # plans built by `build_engine.py --tensorrt` on a GPU
+            validate_section(config["tensorrt"], meta)
+            for entry in config["tensorrt"]["plans"].values():
+                plan = path / entry["file"]
+                if not plan.is_file():
+                    raise ModelDirError(f"{plan} is missing (model.json lists it under tensorrt.plans)")
+                if verify_checksums and entry.get("sha256") and sha256_of(plan) != entry["sha256"]:
+                    raise ModelDirError(f"{plan} is corrupt (sha256 differs from model.json)")
         return cls(path=path, config=config)

@@ -1,20 +1,84 @@
 """Inference backends: each runs the three graphs of a model directory.
 
 A backend has `name`, `run_dense(images) -> DenseOutputs`,
-`run_box_head(features, rois) -> (class_probs, box_deltas)` and
-`run_mask_head(features, rois, class_ids) -> mask_probs`; see `onnxruntime_cpu`.
+`run_box_head(features, rois) -> (class_probs, box_deltas)`,
+`run_mask_head(features, rois, class_ids) -> mask_probs` and `release(dense)`, which the
+engine calls once it is done with a DenseOutputs (the GPU backends hand the request's
+device buffers back to their pool there); see `onnxruntime_cpu`.
+
+    tensorrt          TensorRT plans built on this GPU (build_engine.py --tensorrt)
+    onnxruntime-cuda  ONNX Runtime's CUDAExecutionProvider on the ONNX graphs
+    onnxruntime-cpu   ONNX Runtime on the CPU
+
+`auto` takes the first of these that can run here with the given model directory.
+Importing this package never needs a GPU package.
 """
 
 from __future__ import annotations
 
+import logging
+
 from ..errors import BackendUnavailableError
 
-BACKENDS = ("onnxruntime-cpu",)
+log = logging.getLogger(__name__)
+
+BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 
 
-def available_backends() -> dict[str, str | None]:
-    """Each backend name -> None if it can run here, else the reason it cannot."""
-    status: dict[str, str | None] = {}
+def _tensorrt_reason(model_dir) -> str | None:
+    from .. import cuda_memory
+
+    try:
+        import tensorrt
+    except ImportError:
+        return "tensorrt is not installed (pip install 'maskrcnn-serve[gpu]', or an NVIDIA TensorRT image)"
+    except Exception as exc:  # a broken install (missing libnvinfer) raises OSError and friends
+        return f"tensorrt cannot be imported: {exc}"
+    reason = cuda_memory.device_reason()
+    if reason:
+        return reason
+    if model_dir is None:
+        return None
+    section = model_dir.tensorrt
+    if section is None:
+        return "the model directory has no TensorRT plans (build them here: python build_engine.py --tensorrt --fp16 --output DIR)"
+    from ..tensorrt_plans import incompatibility
+
+    try:
+        device = cuda_memory.device_info(0)
+    except cuda_memory.CudaError as exc:
+        return str(exc)
+    return incompatibility(section, tensorrt.__version__, device)
+
+
+def _onnxruntime_cuda_reason() -> str | None:
+    from .. import cuda_memory
+
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc})"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu instead of onnxruntime)"
+    # get_available_providers() lists CUDA whenever onnxruntime-gpu is installed, even without
+    # a GPU or its libraries; ask the CUDA runtime itself.
+    return cuda_memory.device_reason()
+
+
+def available_backends(model_dir=None) -> dict[str, str | None]:
+    """Each backend name -> None if it can run here, else the reason it cannot.
+
+    model_dir: a ModelDir (or a path to one); with it, `tensorrt` also needs plans built for
+    this TensorRT and GPU. Without it, `tensorrt` only needs TensorRT and a GPU.
+    """
+    if model_dir is not None and not hasattr(model_dir, "config"):
+        from ..model_dir import ModelDir
+
+        model_dir = ModelDir.open(model_dir, verify_checksums=False)
+    status: dict[str, str | None] = {
+        "tensorrt": _tensorrt_reason(model_dir),
+        "onnxruntime-cuda": _onnxruntime_cuda_reason(),
+    }
     try:
         import onnxruntime  # noqa: F401
 
@@ -24,17 +88,36 @@ def available_backends() -> dict[str, str | None]:
     return status
 
 
+def choose_backend(status: dict[str, str | None]) -> str:
+    """The first backend of BACKENDS that `status` (from available_backends) says can run."""
+    for name in BACKENDS:
+        if name in status and status[name] is None:
+            return name
+    raise BackendUnavailableError("no inference backend can run here: " + "; ".join(f"{k}: {v}" for k, v in status.items()))
+
+
 def create_backend(name: str, model_dir, threads: int | None = None):
     """The backend `name` ("auto" picks the best available) for a checked ModelDir."""
-    status = available_backends()
+    status = available_backends(model_dir)
     if name == "auto":
-        name = next((b for b in BACKENDS if status.get(b) is None), None)
-        if name is None:
-            raise BackendUnavailableError("no inference backend can run here: " + "; ".join(f"{k}: {v}" for k, v in status.items()))
+        name = choose_backend(status)
+        passed = [f"{b}: {status[b]}" for b in BACKENDS[: BACKENDS.index(name)]]
+        if model_dir.tensorrt is not None and status["tensorrt"] is not None:
+            # plans exist but cannot run here: worth a warning, not just an info line
+            log.warning("TensorRT plans in %s not used: %s", model_dir.path, status["tensorrt"])
+        log.info("backend auto: %s%s", name, (" (skipped " + "; ".join(passed) + ")") if passed else "")
     if name not in status:
         raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if status[name] is not None:
         raise BackendUnavailableError(f"backend {name} is unavailable: {status[name]}")
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model_dir)
+    if name == "onnxruntime-cuda":
+        from .onnxruntime_cuda import OnnxRuntimeCudaBackend
+
+        return OnnxRuntimeCudaBackend(model_dir, threads=threads)
     from .onnxruntime_cpu import OnnxRuntimeCpuBackend
 
     return OnnxRuntimeCpuBackend(model_dir, threads=threads)

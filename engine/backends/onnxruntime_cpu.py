@@ -85,6 +85,9 @@ class OnnxRuntimeCpuBackend:
             rpn_deltas=[v.numpy() for v in outputs[n + r :]],
         )
 
+    def release(self, dense: DenseOutputs) -> None:
+        """Nothing to hand back: the OrtValues are freed with the DenseOutputs."""
+
     def _head_feed(self, features, rois) -> dict:
         feed = dict(zip(self.feature_names, features))
         feed.update({f"rois_{j}": self._value(r) for j, r in enumerate(rois)})
