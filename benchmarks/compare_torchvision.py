@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arithmetic import MatmulProbe, graph_gflop  # noqa: E402
-from benchmarks.inputs import test_photo_jpeg  # noqa: E402
+from benchmarks.inputs import skimage_photo, test_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")  # the timed photo is coffee
@@ -83,13 +83,10 @@ def main(argv=None) -> int:
     engine = Engine.load(work / "engine", threads=args.threads)
     engines = {"this engine FP32": engine}
     if not args.no_int8:
-        import skimage.data
-
         from exporter.quantize import export_int8
 
         print("building the INT8 model directory...", file=sys.stderr)
-        calib = [np.ascontiguousarray(skimage.data.stereo_motorcycle()[0]) if n == "motorcycle" else getattr(skimage.data, n)()
-                 for n in CALIBRATION_PHOTOS]
+        calib = [skimage_photo(n) for n in CALIBRATION_PHOTOS]
         export_int8(model, work / "int8", coco_class_names(), calib, arch=args.arch, quiet=True)
         engines["this engine INT8"] = Engine.load(work / "int8", threads=args.threads)
     print("exporting torchvision's whole graph (legacy exporter, opset 17)...", file=sys.stderr)

@@ -15,6 +15,18 @@ def test_photo() -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_LINEAR))
 
 
+def skimage_photo(name: str) -> np.ndarray:
+    """A photograph shipped with scikit-image, as HxWx3 uint8 RGB (grey ones repeated)."""
+    import skimage.data
+
+    if name == "motorcycle":
+        return np.ascontiguousarray(skimage.data.stereo_motorcycle()[0])
+    image = getattr(skimage.data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
 def test_photo_jpeg(quality: int = 90) -> bytes:
     """`test_photo()` as a client would upload it."""
     import cv2

@@ -3,10 +3,15 @@
 latency, both engines from the same checkpoint and export path.
 
     python benchmarks/int8_accuracy.py --checkpoint CKPT [--scenes 300] [--calib 16]
+    python benchmarks/int8_accuracy.py --random-r50 [--arch maskrcnn_resnet50_fpn ...]
 
 Agreement: of the FP32 engine's detections scoring >= 0.5, the fraction that the INT8 engine
 also returns with the same class and box IoU >= 0.9. Calibration uses training-range scenes
 (never the held-out ones). Writes benchmarks/results/int8_accuracy.json.
+
+--random-r50 measures the same agreement for the seeded random-weight R50 models on
+scikit-image photos (calibrated on four, measured on the others), written to
+benchmarks/results/int8_agreement_random_r50.json.
 """
 
 from __future__ import annotations
@@ -23,16 +28,67 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_torchvision import box_iou  # noqa: E402
+from benchmarks.inputs import skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+
+R50_CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")
+R50_MEASURED_PHOTOS = ("coffee", "immunohistochemistry", "hubble_deep_field", "camera", "coins", "page")
+
+
+def agreement(fp32_engine, int8_engine, images) -> tuple[int, int]:
+    """(matched, total): FP32 detections scoring >= 0.5 that INT8 also returns with the same
+    class and box IoU >= 0.9, and how many FP32 detections there were."""
+    matched = total = 0
+    for image in images:
+        a = fp32_engine.predict(image, score_threshold=0.5)
+        b = int8_engine.predict(image, score_threshold=0.5)
+        total += len(a)
+        if len(a) and len(b):
+            ious = box_iou(a.boxes.astype(np.float64), b.boxes.astype(np.float64))
+            ious[a.class_ids[:, None] != b.class_ids[None, :]] = 0
+            matched += int((ious.max(axis=1) >= 0.9).sum())
+    return matched, total
+
+
+def random_r50_agreement(archs, output: Path) -> None:
+    """INT8 vs FP32 agreement for seeded random-weight R50 models on real photos."""
+    from engine import Engine
+    from exporter import export
+    from exporter.quantize import export_int8
+    from exporter.weights import coco_class_names, random_model
+
+    work = Path(tempfile.mkdtemp(prefix="int8-r50-"))
+    calibration = [skimage_photo(n) for n in R50_CALIBRATION_PHOTOS]
+    measured = [skimage_photo(n) for n in R50_MEASURED_PHOTOS]
+    rows = []
+    for arch in archs:
+        model = random_model(arch, seed=0)
+        export(model, work / arch / "fp32", coco_class_names(), arch=arch, quiet=True)
+        export_int8(model, work / arch / "int8", coco_class_names(), calibration, arch=arch, quiet=True)
+        matched, total = agreement(Engine.load(work / arch / "fp32"), Engine.load(work / arch / "int8"), measured)
+        rows.append({"arch": arch, "weights": "seeded random (seed 0)", "fp32_detections": total,
+                     "matched": matched, "agreement": round(matched / max(total, 1), 4)})
+        print(f"{arch}: {matched}/{total} FP32 detections matched by INT8", file=sys.stderr)
+    write_results({"benchmark": "int8_agreement_random_r50", "calibration_photos": list(R50_CALIBRATION_PHOTOS),
+                   "measured_photos": list(R50_MEASURED_PHOTOS), "results": rows}, output)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="demo.shapes_model state_dict")
+    parser.add_argument("--checkpoint", type=Path, help="demo.shapes_model state_dict")
+    parser.add_argument("--random-r50", action="store_true", help="measure the random-weight R50 models instead")
+    parser.add_argument("--arch", action="append", help="with --random-r50 (default: v1 and v2)")
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--calib", type=int, default=16)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "int8_accuracy.json")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    results = ROOT / "benchmarks" / "results"
+    if args.random_r50:
+        archs = args.arch or ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"]
+        random_r50_agreement(archs, args.output or results / "int8_agreement_random_r50.json")
+        return 0
+    if args.checkpoint is None:
+        parser.error("--checkpoint is required (or --random-r50)")
 
     import torch
 
@@ -58,15 +114,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         figures[name] = evaluate(engine_predictor(engine), scenes)
         latency[name] = (time.perf_counter() - start) / len(scenes) * 1000.0
-    matched = total = 0
-    for scene in scenes:
-        a = engines["fp32"].predict(scene.image, score_threshold=0.5)
-        b = engines["int8"].predict(scene.image, score_threshold=0.5)
-        total += len(a)
-        if len(a) and len(b):
-            ious = box_iou(a.boxes.astype(np.float64), b.boxes.astype(np.float64))
-            ious[a.class_ids[:, None] != b.class_ids[None, :]] = 0
-            matched += int((ious.max(axis=1) >= 0.9).sum())
+    matched, total = agreement(engines["fp32"], engines["int8"], [scene.image for scene in scenes])
     report = {
         "benchmark": "int8_accuracy",
         "model": "demo shapes model (aligned paste)",
@@ -77,7 +125,7 @@ def main(argv=None) -> int:
         "coco": {k: {"bbox_AP": v["bbox"]["AP"], "segm_AP": v["segm"]["AP"], "segm_AP50": v["segm"]["AP50"]} for k, v in figures.items()},
         "ms_per_scene_including_eval": {k: round(v, 1) for k, v in latency.items()},
     }
-    write_results(report, args.output)
+    write_results(report, args.output or results / "int8_accuracy.json")
     return 0
 
 

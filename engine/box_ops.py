@@ -66,27 +66,53 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU (len(a), len(b)) in float32, as torchvision's NMS kernel computes it."""
-    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.maximum(np.float32(0), xx2 - xx1) * np.maximum(np.float32(0), yy2 - yy1)
-    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)
+    """Pairwise IoU (len(a), len(b)) in float32, as torchvision's NMS kernel computes it:
+    inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1)),
+    iou = inter / (area_a + area_b - inter). In place on two buffers (NMS calls it on
+    1000 x 1000 blocks, where temporaries cost more than the arithmetic)."""
+    inter = np.minimum(a[:, None, 2], b[None, :, 2])
+    inter -= np.maximum(a[:, None, 0], b[None, :, 0])
+    np.maximum(inter, np.float32(0), out=inter)
+    height = np.minimum(a[:, None, 3], b[None, :, 3])
+    height -= np.maximum(a[:, None, 1], b[None, :, 1])
+    np.maximum(height, np.float32(0), out=height)
+    inter *= height
+    union = np.add(box_area(a)[:, None], box_area(b)[None, :], out=height)
+    union -= inter
+    inter /= union
+    return inter
+
+
+def _float32_floor(value: float) -> np.float32:
+    """The largest float32 <= value: for any float32 x, x > value exactly when x > this."""
+    f = np.float32(value)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > value else f
+
+
+def _overlaps_above(ordered: np.ndarray, iou_threshold: float, block: int = 256) -> np.ndarray:
+    """Boolean (n, n): IoU(i, j) > iou_threshold for j >= i (the lower triangle, which the
+    greedy pass never reads, stays False). Computed in row blocks that stay in cache; each
+    IoU is the same float32 arithmetic as box_iou."""
+    n = ordered.shape[0]
+    threshold = _float32_floor(iou_threshold)
+    out = np.zeros((n, n), bool)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        np.greater(box_iou(ordered[start:stop], ordered[start:]), threshold, out=out[start:stop, start:])
+    return out
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS like torchvision.ops.nms: indices kept, by decreasing score.
 
-    A box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold
-    (compared in float64, as the C++ kernel compares a float IoU with a double threshold).
+    A box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold (the
+    C++ kernel compares a float IoU with a double threshold; so does _overlaps_above).
     """
     n = boxes.shape[0]
     if n == 0:
         return np.zeros((0,), np.int64)
     order = np.argsort(-scores, kind="stable")
-    ordered = boxes[order]
-    overlaps = box_iou(ordered, ordered).astype(np.float64) > iou_threshold
+    overlaps = _overlaps_above(boxes[order], iou_threshold)
     suppressed = np.zeros(n, bool)
     keep = []
     for i in range(n):
