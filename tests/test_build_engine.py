@@ -121,8 +121,12 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
     config = json.loads((out / "model.json").read_text())
     assert config["quantization"]["precision"] == "int8" and config["name"] == "int8"
     for graph in ("dense", "box_head", "mask_head"):
-        ops = {n.op_type for n in onnx.load(str(out / f"{graph}.onnx")).graph.node}
+        nodes = onnx.load(str(out / f"{graph}.onnx")).graph.node
+        ops = {n.op_type for n in nodes}
         assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, graph
+        # shapes are read from the quantized maps, not from a dequantized copy made for it
+        dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+        assert not [n.name for n in nodes if n.op_type == "Shape" and n.input[0] in dequantized], graph
         # every quantized op must reach ONNX Runtime's integer kernels (QLinearConv, QGemm):
         # a float Conv left after its QDQ fusions runs at FP32 speed between Q/DQ pairs.
         # Only the heads' output layers stay float, on purpose (model.json lists them).
