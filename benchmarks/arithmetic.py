@@ -99,10 +99,3 @@ class MatmulProbe:
         """GFLOP/s (2 n^3 per product) at the median of the timings so far."""
         return {kind: round(2 * self.n**3 / float(np.median(t)) / 1e9, 1) for kind, t in self.seconds.items() if t}
 
-
-def matmul_rates(threads: int, n: int = 2048, repeats: int = 7) -> dict:
-    """GFLOP/s of an n x n x n FP32 MatMul and of a U8 x S8 MatMulInteger in ONNX Runtime."""
-    probe = MatmulProbe(threads, n)
-    for _ in range(repeats):
-        probe.time_once()
-    return probe.rates()

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.inputs import test_photo  # noqa: E402
-from benchmarks.machine import write_results  # noqa: E402
+from benchmarks.machine import package_versions, write_results  # noqa: E402
 
 PACKAGES = ("tensorrt", "onnxruntime-gpu", "onnxruntime", "cuda-python", "cuda-bindings", "torch", "torchvision", "numpy")
 
@@ -192,12 +191,6 @@ def main(argv=None) -> int:
     if reference is not None:
         for row in rows:
             row["top10_agreement_with_torchvision_fp32"] = top_agreement(reference, outputs[row["method"]])
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     report = {
         "benchmark": "gpu_benchmark",
         "gpu": gpu,
@@ -209,7 +202,7 @@ def main(argv=None) -> int:
         "engine_stage_median_ms": stages,
         "tensorrt_build_s": builds,
         "skipped": skipped,
-        "gpu_packages": versions,
+        "gpu_packages": package_versions(PACKAGES),
     }
     write_results(report, args.output)
     print(f"\n{gpu['name']} (sm {gpu['compute_capability']}), {args.runs} runs, throughput with {args.threads} threads")

@@ -27,11 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_torchvision import box_iou  # noqa: E402
+from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, box_iou  # noqa: E402
 from benchmarks.inputs import skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
-R50_CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")
 R50_MEASURED_PHOTOS = ("coffee", "immunohistochemistry", "hubble_deep_field", "camera", "coins", "page")
 
 
@@ -58,7 +57,7 @@ def random_r50_agreement(archs, output: Path) -> None:
     from exporter.weights import coco_class_names, random_model
 
     work = Path(tempfile.mkdtemp(prefix="int8-r50-"))
-    calibration = [skimage_photo(n) for n in R50_CALIBRATION_PHOTOS]
+    calibration = [skimage_photo(n) for n in CALIBRATION_PHOTOS]
     measured = [skimage_photo(n) for n in R50_MEASURED_PHOTOS]
     rows = []
     for arch in archs:
@@ -69,7 +68,7 @@ def random_r50_agreement(archs, output: Path) -> None:
         rows.append({"arch": arch, "weights": "seeded random (seed 0)", "fp32_detections": total,
                      "matched": matched, "agreement": round(matched / max(total, 1), 4)})
         print(f"{arch}: {matched}/{total} FP32 detections matched by INT8", file=sys.stderr)
-    write_results({"benchmark": "int8_agreement_random_r50", "calibration_photos": list(R50_CALIBRATION_PHOTOS),
+    write_results({"benchmark": "int8_agreement_random_r50", "calibration_photos": list(CALIBRATION_PHOTOS),
                    "measured_photos": list(R50_MEASURED_PHOTOS), "results": rows}, output)
 
 

@@ -19,13 +19,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch", "torchvision", "falcon", "waitress")) -> dict:
+def package_versions(names) -> dict:
+    """Installed version of each distribution in `names` (absent ones left out)."""
     versions = {}
-    for name in packages:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    return versions
+
+
+def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch", "torchvision", "falcon", "waitress")) -> dict:
+    versions = package_versions(packages)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -168,44 +168,33 @@ class PinnedBuffer(_Owned):
         check(cudart.cudaFreeHost(ptr), "cudaFreeHost")
 
 
-class Stream:
-    """A non-blocking CUDA stream (does not serialise with the legacy default stream)."""
+class Stream(_Owned):
+    """A non-blocking CUDA stream (does not serialise with the legacy default stream);
+    destroyed by close(), `with` or garbage collection like the buffers."""
 
     def __init__(self):
         _require()
         self._stream = check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        self.ptr = int(self._stream)
 
     @property
     def handle(self) -> int:
-        """The cudaStream_t as an int, what TensorRT's execute_async_v3 takes."""
-        return int(self._stream) if self._stream is not None else 0
+        """The cudaStream_t as an int, what TensorRT's execute_async_v3 takes (0 once closed)."""
+        return self.ptr
 
     @property
     def raw(self):
         """The cuda-python cudaStream_t object."""
-        if self._stream is None:
+        if not self.ptr:
             raise ValueError("stream is closed")
         return self._stream
 
     def synchronize(self) -> None:
-        check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        check(cudart.cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
 
-    def close(self) -> None:
+    def _free(self, ptr: int) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None and cudart is not None:
-            check(cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+        check(cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
 
 def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, nbytes: int, stream: Stream) -> None:

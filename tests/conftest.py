@@ -11,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.inputs import skimage_photo
+
 PHOTOS = ("astronaut", "coffee", "chelsea")
 
 
-def photo(name: str) -> np.ndarray:
-    """A real photograph shipped with scikit-image, as HxWx3 uint8 RGB."""
-    import skimage.data
-
-    if name == "motorcycle":
-        return np.ascontiguousarray(skimage.data.stereo_motorcycle()[0])
-    image = getattr(skimage.data, name)()
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
+# photo(name): a real photograph shipped with scikit-image, HxWx3 uint8 RGB; the benchmarks
+# load theirs the same way (the project root is on pytest's path: pyproject pythonpath)
+photo = skimage_photo
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,17 @@ class DenseOutputs:
     rpn_logits: list[np.ndarray]
     rpn_deltas: list[np.ndarray]
 
+    @classmethod
+    def from_ort_values(cls, values: list, num_features: int, num_levels: int) -> "DenseOutputs":
+        """ONNX Runtime's dense outputs in the order features, rpn_logits, rpn_deltas: the
+        feature OrtValues stay where they are, the RPN outputs become numpy arrays."""
+        n, r = num_features, num_levels
+        return cls(
+            features=values[:n],
+            rpn_logits=[v.numpy() for v in values[n : n + r]],
+            rpn_deltas=[v.numpy() for v in values[n + r :]],
+        )
+
 
 class OnnxRuntimeCpuBackend:
     name = "onnxruntime-cpu"
@@ -78,12 +89,7 @@ class OnnxRuntimeCpuBackend:
 
     def run_dense(self, images: np.ndarray) -> DenseOutputs:
         outputs = self.sessions["dense"].run_with_ort_values(self._dense_outputs, {"images": self._value(images)})
-        n, r = len(self.feature_names), len(self._rpn_logits)
-        return DenseOutputs(
-            features=outputs[:n],
-            rpn_logits=[v.numpy() for v in outputs[n : n + r]],
-            rpn_deltas=[v.numpy() for v in outputs[n + r :]],
-        )
+        return DenseOutputs.from_ort_values(outputs, len(self.feature_names), len(self._rpn_logits))
 
     def release(self, dense: DenseOutputs) -> None:
         """Nothing to hand back: the OrtValues are freed with the DenseOutputs."""

@@ -81,13 +81,7 @@ class OnnxRuntimeCudaBackend:
             binding.bind_output(name, "cpu")
         self.sessions["dense"].run_with_iobinding(binding)
         binding.synchronize_outputs()
-        outputs = binding.get_outputs()
-        n, r = len(self.feature_names), len(self._rpn_logits)
-        return DenseOutputs(
-            features=outputs[:n],
-            rpn_logits=[v.numpy() for v in outputs[n : n + r]],
-            rpn_deltas=[v.numpy() for v in outputs[n + r :]],
-        )
+        return DenseOutputs.from_ort_values(binding.get_outputs(), len(self.feature_names), len(self._rpn_logits))
 
     def release(self, dense: DenseOutputs) -> None:
         """Nothing to hand back: ONNX Runtime frees the feature OrtValues with the DenseOutputs."""
