@@ -33,6 +33,8 @@ from .responses import run_invocation
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+BATCH_STRATEGY = "SingleRecord"  # one image per request (see ExecutionParametersResource)
+MAX_TRANSFORM_PAYLOAD_MB = 100  # CreateTransformJob's upper bound for MaxPayloadInMB
 # The page loads only its own script and style sheet and calls only this origin; images it
 # shows are blob: URLs of the responses.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
@@ -140,14 +142,28 @@ class PageResource:
 
 
 class ExecutionParametersResource:
+    """GET /execution-parameters: what a Batch Transform job should use when it sets nothing.
+
+    BatchStrategy is spelt as the CreateTransformJob API spells it ("SingleRecord"), not as
+    the container guide's example and the SAGEMAKER_BATCH_STRATEGY variable do
+    ("SINGLE_RECORD"). The SageMaker Python SDK's local mode passes this value to its own
+    batcher, which raises on anything but "SingleRecord" / "MultiRecord"
+    (sagemaker.local.data.get_batch_strategy_instance); and its default when the field is
+    missing, MultiRecord, concatenates records as text and breaks on binary images. The
+    service reads the field as the job's BatchStrategy; containers in production answer it
+    with either spelling (inference-server's enum values are the API's). With images there
+    is no SplitType, so one file is one record and one request whatever the strategy.
+    MaxPayloadInMB is capped at 100, the API's maximum.
+    """
+
     def __init__(self, config: ServerConfig):
         self._config = config
 
     def on_get(self, req, resp):
         resp.media = {
             "MaxConcurrentTransforms": self._config.workers,
-            "BatchStrategy": "SINGLE_RECORD",  # one image per request
-            "MaxPayloadInMB": self._config.max_payload_mb,
+            "BatchStrategy": BATCH_STRATEGY,
+            "MaxPayloadInMB": min(self._config.max_payload_mb, MAX_TRANSFORM_PAYLOAD_MB),
         }
 
 

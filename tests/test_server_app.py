@@ -408,7 +408,14 @@ def test_ping_and_execution_parameters(engine):
     client = falcon.testing.TestClient(create_app(engine, config))
     assert client.simulate_get("/ping").status_code == 200
     assert client.simulate_get("/execution-parameters").json == {
-        "MaxConcurrentTransforms": 2, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 20}
+        "MaxConcurrentTransforms": 2, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 20}
+
+
+def test_execution_parameters_stay_inside_the_transform_api_limits(engine):
+    # Asynchronous inference raises the body limit to 1 GB; CreateTransformJob allows 100 MB.
+    config = ServerConfig(max_body_bytes=1024 * MIB)
+    client = falcon.testing.TestClient(create_app(engine, config))
+    assert client.simulate_get("/execution-parameters").json["MaxPayloadInMB"] == 100
 
 
 def test_ping_is_503_until_the_engine_is_ready(engine, jpeg_body):
