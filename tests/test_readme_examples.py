@@ -1,0 +1,106 @@
+"""The README's client examples, run as written against the real server (the bundled demo
+model, as `./serve.sh` serves it on a fresh machine), so they cannot drift from what works.
+
+Each example is taken from README.md by the code block that follows its heading text; only
+the server's address is replaced (the README says http://localhost:8080). The examples run
+in a scratch folder that holds the photos they name, with no AWS settings in the
+environment: whatever region and credentials they need, they must say themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from engine.image_io import decode_image
+from server_fixtures import encode_pil
+from server_process import REPO, ServerProcess
+
+README_URL = "http://localhost:8080"
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block after the text `after` in README.md."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(after)
+    match = re.compile(rf"^```{language}\n(.*?)^```", re.S | re.M).search(text, start)
+    assert match, f"no {language} block after {after!r} in README.md"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(None, tmp_path_factory.mktemp("readme") / "server.log", extra_env={"SM_MODEL_DIR": None})
+    srv.wait_ready()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A working folder with the photos the examples name, and an environment without AWS settings."""
+    from skimage import data
+
+    (tmp_path / "horse-guard.jpg").write_bytes(encode_pil(data.astronaut(), "JPEG", quality=90))  # 512x512
+    (tmp_path / "photo.jpg").write_bytes(encode_pil(data.coffee(), "JPEG", quality=90))  # 600x400
+    (tmp_path / "photo.png").write_bytes(encode_pil(data.chelsea(), "PNG"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-creds"))
+    return tmp_path, env
+
+
+def json_documents(text: str) -> list:
+    """Every JSON value in `text`, written one after another (curl adds no newline)."""
+    decoder, out, pos = json.JSONDecoder(), [], 0
+    while pos < len(text.strip()):
+        value, pos = decoder.raw_decode(text, pos)
+        out.append(value)
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return out
+
+
+def test_readme_boto3_example_runs_as_written(server, scratch):
+    folder, env = scratch
+    code = readme_block("boto3, exactly as the seed API's examples", "python")
+    assert README_URL in code
+    result = subprocess.run([sys.executable, "-c", code.replace(README_URL, server.url)], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert decode_image((folder / "horse-guard.segmented.jpg").read_bytes()).shape == (512, 512, 3)
+    answer = ast.literal_eval(result.stdout.strip())  # print() of the parsed JSON
+    assert set(answer) == {"labels", "boxes"} and len(answer["labels"]) == len(answer["boxes"]) > 0
+
+
+def test_readme_curl_examples_run_as_written(server, scratch):
+    folder, env = scratch
+    script = readme_block("curl:", "bash")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace(README_URL, server.url)], cwd=folder,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, third = json_documents(result.stdout)
+    assert set(first) == {"labels", "boxes"}
+    assert {"labels", "boxes", "scores", "masks"} <= set(third)
+    assert all(score > 0.7 for score in third["scores"])
+    assert decode_image((folder / "photo.segmented.jpg").read_bytes()).shape == (400, 600, 3)
+
+
+def test_readme_aws_cli_example_runs_as_written(server, scratch):
+    if shutil.which("aws") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the AWS CLI is missing (Debian: apt-get install awscli; .ci/run installs it)")
+        pytest.skip("the AWS CLI is not installed (Debian: apt-get install awscli)")
+    folder, env = scratch
+    script = readme_block("AWS CLI:", "bash")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace(README_URL, server.url)], cwd=folder,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads((folder / "out.json").read_text())
+    assert set(answer) == {"labels", "boxes"} and len(answer["boxes"]) > 0
