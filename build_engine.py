@@ -135,7 +135,7 @@ def export_model_dir(args, quantize: bool) -> int:
 
     try:
         class_names = read_class_names(args.class_names) if args.class_names else coco_class_names()
-        print(f"building {args.arch} with {args.weights} weights...", file=sys.stderr, flush=True)
+        # nothing printed before the weights are in hand: offline, --weights coco is one line
         if args.weights == "coco":
             model = coco_model(args.arch)
             info = {"source": "torchvision-coco", "trained": True}
@@ -147,6 +147,7 @@ def export_model_dir(args, quantize: bool) -> int:
 
             model = file_model(args.arch, Path(args.weights), num_classes=len(class_names))
             info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)), "trained": True}
+        print(f"exporting {args.arch} with {args.weights} weights...", file=sys.stderr, flush=True)
         if args.min_size:
             set_resize_rule(model, args.min_size, args.max_size)
         options = dict(name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)

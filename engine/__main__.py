@@ -1,7 +1,10 @@
 """Command line for the engine, usable without the server.
 
-    python -m engine predict --model-dir DIR photo.jpg [--json | --out segmented.jpg]
+    python -m engine predict [--model-dir DIR] photo.jpg [--json | --out segmented.jpg]
     python -m engine backends [--model-dir DIR]
+
+Without --model-dir, `predict` uses the same model as `serve`: $SM_MODEL_DIR, else
+/opt/ml/model, else the bundled demo model; it says which on stderr.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from . import Engine, EngineError, decode_image
 from .backends import available_backends, choose_backend
+from .model_defaults import DEFAULT_MODEL_DIR, choose_model_dir, demo_notice
 
 
 def detections_json(detections) -> dict:
@@ -30,7 +35,11 @@ def detections_json(detections) -> dict:
 def cmd_predict(args) -> int:
     from .render import encode_image, render_detections
 
-    engine = Engine.load(args.model_dir, backend=args.backend)
+    choice = choose_model_dir(args.model_dir, os.environ)
+    print(choice.describe(), file=sys.stderr)
+    engine = Engine.load(choice.path, backend=args.backend)
+    if choice.demo:
+        print(demo_notice(engine.class_names), file=sys.stderr)
     image = decode_image(Path(args.image).read_bytes())
     detections = engine.predict(image, score_threshold=args.score_threshold, max_detections=args.max_detections)
     if args.out:
@@ -57,7 +66,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="segment one photo")
     predict.add_argument("image", type=Path, help="a JPEG or PNG file")
-    predict.add_argument("--model-dir", required=True, type=Path, help="directory written by build_engine.py")
+    predict.add_argument("--model-dir", help="directory written by build_engine.py (default: $SM_MODEL_DIR, "
+                         f"else {DEFAULT_MODEL_DIR}, else the bundled demo model)")
     predict.add_argument("--json", action="store_true", help="print detections as JSON (default without --out)")
     predict.add_argument("--out", type=Path, help="write the segmented image here (.jpg or .png)")
     predict.add_argument("--score-threshold", type=float, default=0.5)

@@ -22,6 +22,7 @@ from .backends import create_backend
 from .detect import select_detections, split_by_level
 from .detections import Detections
 from .masks import paste_masks, paste_masks_aligned
+from .model_defaults import is_demo_model
 from .model_dir import ModelDir
 from .preprocess import preprocess, validate_image
 from .proposals import select_proposals
@@ -42,6 +43,8 @@ class Engine:
         self.class_names = model_dir.class_names
         self.model_name = model_dir.name
         self.untrained = model_dir.untrained
+        # The bundled demo model (circles, squares, triangles): every surface says so.
+        self.demo = is_demo_model(model_dir.path)
 
     @property
     def backend_name(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import ModelDirError
 from .masks import PASTE_MODES
+from .model_defaults import model_dir_not_found
 from .tensorrt_plans import validate_section
 
 MODEL_FORMAT = "maskrcnn-serve/1"
@@ -67,7 +68,7 @@ class ModelDir:
     def open(cls, path, verify_checksums: bool = True) -> "ModelDir":
         path = Path(path)
         if not path.is_dir():
-            raise ModelDirError(f"model directory not found: {path}")
+            raise ModelDirError(model_dir_not_found(path))
         meta = path / "model.json"
         try:
             config = json.loads(meta.read_text())

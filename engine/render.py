@@ -7,6 +7,8 @@ never changes the caller's array.
 from __future__ import annotations
 
 import colorsys
+import math
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -49,7 +51,8 @@ def render_detections(image: np.ndarray, detections) -> np.ndarray:
     Returns:
         A new (H, W, 3) uint8 RGB array; a plain copy when there are no detections. Line
         widths and text size scale with the image, so captions stay legible from thumbnails
-        to 40-megapixel photos.
+        to 40-megapixel photos; captions are laid out by `caption_layout` (never overlapping,
+        always inside the image) on a backing in the instance colour.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
@@ -58,10 +61,7 @@ def render_detections(image: np.ndarray, detections) -> np.ndarray:
     if n == 0:
         return out
     h, w = out.shape[:2]
-    scale = max(h, w) / 640.0  # 1.0 for the classic 640x480 photo
-    line = max(1, round(2 * scale))
-    font_scale = min(max(0.55 * scale, 0.4), 4.0)  # below 0.4 text is unreadable
-    font_thickness = max(1, round(1.2 * scale))
+    line = max(1, round(2 * max(h, w) / 640.0))  # 2 px on the classic 640x480 photo
 
     masks = np.asarray(detections.masks, dtype=bool)
     if masks.shape != (n, h, w):
@@ -71,9 +71,11 @@ def render_detections(image: np.ndarray, detections) -> np.ndarray:
     for i in reversed(range(n)):
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
         cv2.rectangle(out, (x1, y1), (x2, y2), instance_colour(i), line, cv2.LINE_8)  # crisp
-    for i in reversed(range(n)):
-        caption = format_label(detections.labels[i], detections.scores[i])
-        _draw_caption(out, caption, boxes[i], instance_colour(i), font_scale, font_thickness)
+    texts = [format_label(detections.labels[i], detections.scores[i]) for i in range(n)]
+    layout = caption_layout(texts, boxes, (h, w))
+    for i in reversed(range(n)):  # the best on top, should the last resort overlap any
+        if layout.rects[i] is not None:
+            _draw_caption(out, texts[i], layout.rects[i], instance_colour(i), layout)
     return out
 
 
@@ -100,26 +102,145 @@ def _blend_masks(out: np.ndarray, masks: np.ndarray) -> None:
     np.copyto(out, tinted, where=covered[:, :, None])
 
 
-def _draw_caption(out, text, box, colour, font_scale, thickness) -> None:
-    """A filled box in the instance colour holding the caption, above the box if it fits.
+class CaptionLayout(NamedTuple):
+    """Where `render_detections` draws each caption, and at what text size.
 
-    Skipped on images too small to hold a readable caption (e.g. 16x16 thumbnails)."""
-    h, w = out.shape[:2]
-    (tw, th), baseline = cv2.getTextSize(text, _FONT, font_scale, thickness)
+    rects[i] is caption i's backing as (x1, y1, x2, y2) int pixels, half-open (it covers
+    columns x1..x2-1 and rows y1..y2-1), or None where no caption is drawn.
+    """
+
+    rects: list
+    font_scale: float
+    thickness: int
+
+
+_MIN_FONT_SCALE = 0.4  # below this HERSHEY_SIMPLEX is unreadable
+_CAPTION_SHARE = 0.25  # captions may cover this much of the image before their text shrinks
+
+
+def caption_layout(texts, boxes, image_size) -> CaptionLayout:
+    """Text size and caption rectangles for captions `texts` of `boxes` (highest score first).
+
+    The text scales with the image (0.55 at 640 px on the long side, at least 0.4); on a
+    crowded image, where the captions would cover over a quarter of it, it shrinks, down to
+    0.4. No captions on images too small to hold a readable one (a caption taller than a
+    third of the image, e.g. 16x16 thumbnails); a caption wider than the image is dropped.
+    """
+    h, w = image_size
+
+    def sizes_at(font_scale):
+        return [_caption_metrics(text, font_scale)[:2] for text in texts]
+
+    font_scale = min(max(0.55 * max(h, w) / 640.0, _MIN_FONT_SCALE), 4.0)
+    sizes = sizes_at(font_scale)
+    crowding = sum(bw * bh for bw, bh in sizes) / (_CAPTION_SHARE * h * w)
+    if crowding > 1 and font_scale > _MIN_FONT_SCALE:
+        font_scale = max(font_scale / math.sqrt(crowding), _MIN_FONT_SCALE)
+        sizes = sizes_at(font_scale)
+    if sizes and max(bh for _, bh in sizes) > h / 3:  # it would hide the image, and not be read
+        return CaptionLayout([None] * len(texts), font_scale, _thickness(font_scale))
+    gap = max(1, round(0.1 * sizes[0][1])) if sizes else 0
+    return CaptionLayout(caption_boxes(sizes, boxes, image_size, gap), font_scale, _thickness(font_scale))
+
+
+def caption_boxes(text_sizes, boxes, image_size, gap: int = 0) -> list:
+    """Caption rectangles that never overlap one another and never leave the image.
+
+    Args:
+        text_sizes: (width, height) in pixels of each caption's backing, in priority order
+            (highest score first: earlier captions keep their preferred spots).
+        boxes: (N, 4) the detections' boxes, x1, y1, x2, y2 in image pixels, same order.
+        image_size: (H, W) of the image.
+        gap: the fewest pixels left between two captions, so neighbours read apart.
+
+    Returns:
+        One rectangle per caption: (x1, y1, x2, y2) ints, half-open as in `CaptionLayout`,
+        inside the image; None for a caption larger than the image. Each caption takes the
+        first free one of: above its box's top-left corner, inside the box at its top-left,
+        just below that (clear of a neighbour's caption above the box), below the box (each
+        moved inside the image); when all are taken, the free position nearest the first
+        (looking among the captions close by first). Last resort, when no free position is
+        left anywhere (more captions than the image can hold: hundreds on a small image,
+        with the text already at its smallest), it overlaps others at its first choice.
+    """
+    h, w = image_size
+    placed = np.empty((0, 4), np.int64)  # the rectangles so far, grown by `gap` on every side
+    rects = []
+    for (cw, ch), box in zip(text_sizes, boxes):
+        if cw > w or ch > h:
+            rects.append(None)
+            continue
+        bx1, by1, bx2, by2 = (int(round(v)) for v in box)
+        preferred = _clamp(np.array([(bx1, by1 - ch), (bx1, by1), (bx1, by1 + gap), (bx1, by2 + 1)]),
+                           cw, ch, image_size)
+        corner = _first_free(preferred, cw, ch, placed)
+        near = (np.abs(placed[:, :2] - preferred[0]) < (3 * cw, 3 * ch)).all(axis=1)
+        for edges in (placed[near], placed):  # the captions close by first: far fewer places
+            if corner is not None:
+                break
+            # Every position where a caption can stop sliding up and left has x at 0 or at
+            # a placed caption's right edge, and y at 0 or a bottom edge: with all the placed
+            # captions' edges, if any free position exists, one of these is. The others
+            # bring it nearer its box.
+            xs = np.clip(np.r_[0, w - cw, bx1, bx2 - cw, edges[:, 2], edges[:, 0] - cw], 0, w - cw)
+            ys = np.clip(np.r_[0, h - ch, by1 - ch, by1, by2 + 1, edges[:, 3], edges[:, 1] - ch], 0, h - ch)
+            grid = np.stack(np.meshgrid(np.unique(xs), np.unique(ys)), -1).reshape(-1, 2)
+            distance = ((grid - preferred[0]) ** 2).sum(axis=1)
+            corner = _first_free(grid[np.argsort(distance, kind="stable")], cw, ch, placed)
+        x, y = preferred[0] if corner is None else corner
+        rect = (int(x), int(y), int(x + cw), int(y + ch))
+        placed = np.vstack([placed, np.add(rect, (-gap, -gap, gap, gap))])
+        rects.append(rect)
+    return rects
+
+
+def _clamp(corners: np.ndarray, cw: int, ch: int, image_size) -> np.ndarray:
+    """(M, 2) top-left corners moved so a cw x ch rectangle lies inside the image."""
+    h, w = image_size
+    return np.stack([np.clip(corners[:, 0], 0, w - cw), np.clip(corners[:, 1], 0, h - ch)], -1)
+
+
+def _first_free(corners: np.ndarray, cw: int, ch: int, placed: np.ndarray):
+    """The first of (M, 2) top-left corners where a cw x ch rectangle misses every placed
+    rectangle, or None."""
+    for start in range(0, len(corners), 256):  # in chunks: one of the first is usually free
+        x, y = corners[start:start + 256].T[:, :, None]
+        hit = (x < placed[:, 2]) & (placed[:, 0] < x + cw) & (y < placed[:, 3]) & (placed[:, 1] < y + ch)
+        free = np.flatnonzero(~hit.any(axis=1))
+        if len(free):
+            return corners[start + free[0]]
+    return None
+
+
+def _thickness(font_scale: float) -> int:
+    return max(1, round(font_scale * 1.2 / 0.55))  # 1 px at 640 px on the long side, 2 px from 800
+
+
+def _caption_metrics(text: str, font_scale: float) -> tuple[int, int, int, int]:
+    """(backing width, backing height, padding, text height above the baseline) in pixels."""
+    (tw, th), baseline = cv2.getTextSize(text, _FONT, font_scale, _thickness(font_scale))
     pad = max(1, round(th * 0.25))
-    bh = th + baseline + 2 * pad
-    bw = tw + 2 * pad
-    if bh > h / 3:  # a thumbnail: a caption would hide the image and could not be read anyway
-        return
-    x1 = int(round(box[0]))
-    y1 = int(round(box[1]))
-    x = min(max(x1, 0), max(w - bw, 0))  # keep the caption inside the image horizontally
-    top = y1 - bh if y1 - bh >= 0 else max(y1, 0)  # above the box, else just inside it
-    top = min(top, max(h - bh, 0))
-    cv2.rectangle(out, (x, top), (x + bw - 1, top + bh - 1), colour, cv2.FILLED)
-    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-    ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    cv2.putText(out, text, (x + pad, top + pad + th), _FONT, font_scale, ink, thickness, cv2.LINE_AA)
+    return tw + 2 * pad, th + baseline + 2 * pad, pad, th
+
+
+def caption_ink(colour) -> tuple[int, int, int]:
+    """Black or white text, whichever contrasts more with an RGB backing `colour`.
+
+    By the WCAG 2 contrast ratio (relative luminance of linear sRGB): the better of the two
+    is never below 4.58:1, above the 4.5:1 WCAG AA asks of body text, whatever the colour.
+    """
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in np.divide(colour, 255)]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return (0, 0, 0) if (luminance + 0.05) ** 2 > 0.05 * 1.05 else (255, 255, 255)
+
+
+def _draw_caption(out, text, rect, colour, layout: CaptionLayout) -> None:
+    """The caption's text on a solid backing in the instance colour, filling `rect`."""
+    x1, y1, x2, y2 = rect
+    cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, cv2.FILLED)
+    _, _, pad, th = _caption_metrics(text, layout.font_scale)
+    cv2.putText(out, text, (x1 + pad, y1 + pad + th), _FONT, layout.font_scale, caption_ink(colour),
+                layout.thickness, cv2.LINE_AA)
 
 
 _ENCODE_PARAMS = {

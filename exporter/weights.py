@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may hang longer
 
 
 class WeightsError(Exception):
@@ -28,28 +29,74 @@ def _builder(arch: str):
     return getattr(detection, arch)
 
 
-def coco_model(arch: str):
-    """The architecture with torchvision's COCO weights, fetched through torchvision's weights API
-    (and cached the usual torch-hub way)."""
+def coco_weights(arch: str):
+    """torchvision's COCO_V1 weights enum member for `arch` (its `.url` names the file)."""
     import torchvision.models.detection as detection
 
-    enum = {
+    _builder(arch)  # an unknown arch is a WeightsError, not a KeyError
+    return {
         "maskrcnn_resnet50_fpn": detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
         "maskrcnn_resnet50_fpn_v2": detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
     }[arch]
-    import contextlib
-    import io
 
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub.load_state_dict_from_url caches `url`: <hub dir>/checkpoints/<file name>."""
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def coco_model(arch: str):
+    """The architecture with torchvision's COCO weights, through torchvision's weights API.
+
+    From the torch-hub cache when the file is there (silently); otherwise downloaded with
+    torchvision's progress bar, after a quick reachability probe of the URL, so that without
+    network the one WeightsError is all the user sees (torch.hub would first print its
+    "Downloading:" line and an empty progress bar).
+    """
+    weights = coco_weights(arch)
+    cached = hub_checkpoint(weights.url)
+    if not cached.is_file():
+        reason = unreachable_reason(weights.url)
+        if reason:
+            raise WeightsError(
+                f"cannot download torchvision's COCO weights for {arch} from {weights.url} ({reason}); "
+                f"without network access, download that file elsewhere and pass --weights PATH")
     try:
-        # torch.hub prints a "Downloading:" line even with progress=False; keep the failure to one line
-        with contextlib.redirect_stderr(io.StringIO()):
-            return _builder(arch)(weights=enum, progress=False)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        return _builder(arch)(weights=weights, progress=True)  # the bar shows only when downloading
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file a RuntimeError
         reason = getattr(exc, "reason", None) or exc
-        raise WeightsError(
-            f"could not download torchvision's COCO weights for {arch} from {enum.url} ({reason}); "
-            f"without network access, download that file elsewhere and pass --weights PATH"
-        ) from None
+        where = f"the torch-hub cache ({cached}; delete it to download again)" if cached.is_file() else weights.url
+        raise WeightsError(f"could not load torchvision's COCO weights for {arch} from {where}: {reason}; "
+                           f"or download that file elsewhere and pass --weights PATH") from None
+
+
+def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if a HEAD request to `url` gets any HTTP answer within `timeout_s`, else why not.
+
+    The request runs in a daemon thread because name resolution ignores socket timeouts: an
+    offline machine whose DNS never answers would otherwise hang here.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # the server answered: the network works
+            outcome.append(None)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
+            outcome.append(str(getattr(exc, "reason", None) or exc))
+
+    thread = threading.Thread(target=probe, name="weights-url-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
 
 
 def file_model(arch: str, path: Path, num_classes: int | None = None):

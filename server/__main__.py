@@ -17,7 +17,6 @@ SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ from pathlib import Path
 import waitress
 
 from engine.errors import EngineError, ModelDirError
+# re-exported: `from server.__main__ import bundled_model_dir, resolve_model_dir` keeps working
+from engine.model_defaults import bundled_model_dir, resolve_model_dir  # noqa: F401
 
 from .app import EngineSlot, create_app
 from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
@@ -41,46 +42,6 @@ from .serving import serve_until
 logger = logging.getLogger("server.__main__" if __name__ == "__main__" else __name__)
 
 SHUTDOWN_GRACE_S = 25.0  # SageMaker sends SIGKILL 30 s after SIGTERM
-
-
-def bundled_model_dir() -> Path | None:
-    """demo/model, the demo model shipped as package data of `demo`; None if not installed."""
-    try:
-        root = importlib.resources.files("demo")
-    except ModuleNotFoundError:
-        return None
-    # Installed packages are plain directories (setuptools never zips them), and ONNX
-    # Runtime needs real file paths, so a Path is what we hand on.
-    path = Path(str(root / "model"))
-    return path if (path / "model.json").is_file() else None
-
-
-def resolve_model_dir(arg: str | None, environ: Mapping[str, str]) -> Path:
-    """--model-dir, else $SM_MODEL_DIR, else /opt/ml/model, else the bundled demo model.
-
-    A directory that was asked for (--model-dir, $SM_MODEL_DIR) must exist: a typo never
-    falls back to the demo model. Only when nothing was asked for and /opt/ml/model does
-    not exist is the demo model served, with a warning that says how to build a real one.
-    """
-    requested = arg or environ.get("SM_MODEL_DIR")
-    path = Path(requested or DEFAULT_MODEL_DIR)
-    if path.is_dir():
-        return path
-    if not requested:
-        demo = bundled_model_dir()
-        if demo is not None:
-            logger.warning(
-                "no model directory given (--model-dir, $SM_MODEL_DIR) and none at %s: serving the "
-                "bundled demo model at %s, which only knows circles, squares and triangles. For a "
-                "COCO model: `python build_engine.py --weights coco --output DIR`, then "
-                "`serve --model-dir DIR`.", DEFAULT_MODEL_DIR, demo,
-                extra={"fields": {"model_dir": str(demo), "demo": True}})
-            return demo
-    missing_demo = "" if requested else " and the bundled demo model (demo/model) is not installed"
-    raise ModelDirError(
-        f"model directory {path} does not exist{missing_demo}. Build one with "
-        f"`python build_engine.py --output {path} ...` (see the README), or point "
-        f"--model-dir (or $SM_MODEL_DIR) at an existing one.")
 
 
 def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:

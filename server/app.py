@@ -21,6 +21,7 @@ from pathlib import Path
 import falcon
 
 from engine.image_io import probe_image
+from engine.model_defaults import demo_notice
 
 from . import errors
 from .config import ServerConfig
@@ -84,7 +85,10 @@ class PingResource:
         engine = self._slot.engine
         if engine is None:
             raise ServiceUnavailable("model is loading", self._config.retry_after_s)
-        resp.media = {"status": "ok", "model": engine.model_name, "backend": engine.backend_name}
+        resp.media = {"status": "ok", "model": engine.model_name, "backend": engine.backend_name,
+                      "demo": engine.demo}
+        if engine.demo:  # what the page shows, and what a person reading /ping should know
+            resp.media["notice"] = demo_notice(engine.class_names)
 
 
 class InvocationsResource:

@@ -20,10 +20,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.model_defaults import DEFAULT_MODEL_DIR  # noqa: F401  (the engine owns it; serve's default too)
+
 MIB = 1024 * 1024
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "0.0.0.0"
-DEFAULT_MODEL_DIR = "/opt/ml/model"
 # SageMaker real-time endpoints refuse request and response bodies over 6 MiB.
 DEFAULT_MAX_BODY_BYTES = 6 * MIB
 # A 40-megapixel image is 120 MB of RGB pixels before the engine allocates anything.

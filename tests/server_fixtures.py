@@ -61,6 +61,7 @@ class FakeEngine:
         self.model_name = "fake-maskrcnn"
         self.backend_name = "fake"
         self.untrained = False
+        self.demo = False
         self.calls: list[dict] = []
         self.gate: threading.Event | None = None
         self.started = threading.Event()

@@ -31,10 +31,46 @@ def test_coco_weights_without_network_fail_with_one_clear_line(tmp_path):
     result = run_cli("--weights", "coco", "--output", tmp_path / "coco", env_extra={"TORCH_HOME": str(tmp_path / "hub")})
     if result.returncode == 0:
         pytest.skip("this machine could download the COCO weights; the offline failure path is not reachable")
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("building")]
-    assert len(lines) == 1, result.stderr
-    assert "--weights PATH" in lines[0] and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # not torch.hub's "Downloading:" line nor a progress bar
+    assert result.stdout == ""
+    assert "--weights PATH" in lines[0] and "download.pytorch.org" in lines[0]
     assert not (tmp_path / "coco").exists()
+
+
+def test_unreachable_reason_is_bounded_when_the_network_hangs(monkeypatch):
+    import io
+    import threading
+    import urllib.request
+
+    from exporter.weights import unreachable_reason
+
+    release = threading.Event()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: release.wait(30) and io.BytesIO())  # DNS that never answers
+    try:
+        assert unreachable_reason("https://example.invalid/w.pth", timeout_s=0.2) == "no answer within 0.2 s"
+    finally:
+        release.set()
+
+
+def test_coco_weights_in_the_torch_hub_cache_are_used_without_a_download(tmp_path, r50_models):
+    import torch
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    url = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    # torchvision's published layout (FrozenBatchNorm2d: no num_batches_tracked), under its file name
+    state = {k: v for k, v in r50_models("maskrcnn_resnet50_fpn").state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, checkpoints / Path(url).name)
+    # a dead proxy: any download attempt would fail, even on a machine with network
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = run_cli("--weights", "coco", "--output", tmp_path / "coco", env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "Downloading" not in result.stderr
+    config = json.loads((tmp_path / "coco" / "model.json").read_text())
+    assert config["weights"] == {"source": "torchvision-coco", "trained": True}
+    assert config["arch"] == "maskrcnn_resnet50_fpn" and len(config["class_names"]) == 91
 
 
 def test_random_weights_build_a_loadable_untrained_model(tmp_path):

@@ -57,6 +57,7 @@ def test_serve_without_a_model_dir_serves_the_demo_model(demo_server, demo_model
         pytest.skip(f"{DEFAULT_MODEL_DIR} exists on this machine, so serve rightly uses it")
     ping = http_call(f"{demo_server.url}/ping", "GET")
     assert ping.status_code == 200 and ping.json()["model"] == MODEL_NAME
+    assert ping.json()["demo"] is True and "circle, square and triangle" in ping.json()["notice"]
     (notice,) = [r for r in demo_server.log_records() if "demo model" in r["message"]]
     assert notice["level"] == "WARNING" and Path(notice["model_dir"]).resolve() == demo_model_dir.resolve()
     assert "python build_engine.py --weights coco --output DIR" in notice["message"]

@@ -6,9 +6,9 @@ import pytest
 
 from engine.detections import Detections
 from engine.image_io import decode_image
-from engine.render import (MASK_ALPHA, PALETTE, encode_image, format_label, instance_colour,
-                           render_detections)
-from server_fixtures import drawn_image, fake_detections, photo
+from engine.render import (MASK_ALPHA, PALETTE, caption_boxes, caption_ink, caption_layout, encode_image,
+                           format_label, instance_colour, render_detections)
+from server_fixtures import FAKE_CLASSES, drawn_image, fake_detections, photo
 
 
 def test_no_detections_returns_an_equal_copy():
@@ -177,3 +177,180 @@ def test_masks_that_do_not_fit_the_image_are_refused():
     det = fake_detections(30, 40)
     with pytest.raises(ValueError, match="masks"):
         render_detections(np.zeros((40, 30, 3), np.uint8), det)
+
+
+# Caption layout: captions never overlap, never leave the image, and read on any background.
+
+
+def box_detections(h: int, w: int, boxes, labels=None) -> Detections:
+    """Detections for (N, 4) x1, y1, x2, y2 boxes, highest score first, an ellipse mask in each."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    n = len(boxes)
+    masks = np.zeros((n, h, w), np.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes):
+        centre = (round((x1 + x2) / 2), round((y1 + y2) / 2))
+        cv2.ellipse(mask, centre, (round((x2 - x1) / 2), round((y2 - y1) / 2)), 0, 0, 360, 1, cv2.FILLED)
+    labels = labels or [FAKE_CLASSES[1 + i % (len(FAKE_CLASSES) - 1)] for i in range(n)]
+    return Detections(boxes=boxes, scores=np.linspace(0.99, 0.5, n).astype(np.float32),
+                      class_ids=np.ones(n, np.int64), labels=list(labels), masks=masks.astype(bool),
+                      image_size=(h, w))
+
+
+def crowded_boxes(h: int, w: int, n: int, seed: int = 0) -> np.ndarray:
+    """n random boxes, many overlapping, all within the (h, w) image."""
+    rng = np.random.default_rng(seed)
+    x1, y1 = rng.uniform(0, 0.8 * w, n), rng.uniform(0, 0.8 * h, n)
+    bw, bh = rng.uniform(0.05, 0.3, n) * w, rng.uniform(0.05, 0.3, n) * h
+    return np.stack([x1, y1, np.minimum(x1 + bw, w - 1), np.minimum(y1 + bh, h - 1)], 1)
+
+
+def layout_of(det: Detections):
+    texts = [format_label(label, score) for label, score in zip(det.labels, det.scores)]
+    return caption_layout(texts, det.boxes, det.image_size)
+
+
+def assert_inside_and_apart(rects, image_size):
+    """Every rectangle (half-open x1, y1, x2, y2) inside the image, no two intersecting."""
+    h, w = image_size
+    rects = np.array(rects, np.int64).reshape(-1, 4)
+    assert (rects[:, :2] >= 0).all() and (rects[:, 2] <= w).all() and (rects[:, 3] <= h).all(), rects
+    assert (rects[:, 2] > rects[:, 0]).all() and (rects[:, 3] > rects[:, 1]).all()
+    a, b = rects[:, None].T, rects[None, :].T  # (4, 1, N) and (4, N, 1): every pair
+    meet = (a[0] < b[2]) & (b[0] < a[2]) & (a[1] < b[3]) & (b[1] < a[3])
+    np.fill_diagonal(meet, False)
+    assert not meet.any(), [(rects[i].tolist(), rects[j].tolist()) for i, j in zip(*np.nonzero(meet))][:3]
+
+
+def backing_share(out: np.ndarray, rect, colour) -> float:
+    """The share of a caption rectangle's pixels in its backing colour (the rest: the text)."""
+    x1, y1, x2, y2 = rect
+    return float((np.abs(out[y1:y2, x1:x2].astype(int) - colour).max(axis=-1) <= 2).mean())
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours, 1 to 21."""
+    def luminance(rgb):
+        c = np.asarray(rgb, float) / 255
+        c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+    lo, hi = sorted([luminance(a), luminance(b)])
+    return (hi + 0.05) / (lo + 0.05)
+
+
+SAME_TOP = np.array([[20 + 25 * i, 60, 60 + 25 * i, 200] for i in range(12)])  # 12 boxes, one top edge
+
+
+@pytest.mark.parametrize("h, w, boxes", [
+    (240, 320, crowded_boxes(240, 320, 30)),
+    (240, 320, crowded_boxes(240, 320, 30, seed=1)),
+    (240, 360, SAME_TOP),
+    (480, 640, crowded_boxes(480, 640, 100, seed=2)),  # max_detections' default
+], ids=["30-overlapping", "30-overlapping-again", "12-share-a-top-edge", "100-on-640x480"])
+def test_crowded_captions_never_overlap_and_stay_inside(h, w, boxes):
+    det = box_detections(h, w, boxes)
+    layout = layout_of(det)
+    assert None not in layout.rects  # every detection keeps its caption
+    assert_inside_and_apart(layout.rects, (h, w))
+    out = render_detections(np.full((h, w, 3), 128, np.uint8), det)
+    for i, rect in enumerate(layout.rects):  # drawn where laid out, none hidden by another
+        assert backing_share(out, rect, instance_colour(i)) > 0.5, i
+
+
+def test_captions_keep_their_preferred_spots_in_order():
+    size = (20, 8)  # width, height of every caption
+    box = [50, 40, 100, 80]
+    above, inside, below = (50, 32, 70, 40), (50, 40, 70, 48), (50, 81, 70, 89)
+    assert caption_boxes([size] * 3, [box] * 3, (200, 200)) == [above, inside, below]
+    # Once those are taken, the nearest free place to the first choice: beside it.
+    fourth = caption_boxes([size] * 4, [box] * 4, (200, 200))[3]
+    assert_inside_and_apart(caption_boxes([size] * 4, [box] * 4, (200, 200)), (200, 200))
+    assert abs(fourth[0] - above[0]) + abs(fourth[1] - above[1]) <= size[0]
+
+
+def test_neighbouring_captions_leave_a_gap():
+    rects = caption_boxes([(20, 8)] * 2, [[50, 40, 100, 80], [60, 40, 100, 80]], (200, 200), gap=2)
+    assert rects[0] == (50, 32, 70, 40)
+    second = rects[1]
+    assert second[0] >= 72 or second[2] <= 48 or second[1] >= 42 or second[3] <= 30
+
+
+@pytest.mark.parametrize("h, w, n", [(480, 640, 11), (640, 200, 11), (120, 160, 6)])
+def test_captions_at_the_image_edges_and_corners_stay_inside(h, w, n):
+    """The first n of: boxes in the four corners, as large as the image and larger, hanging
+    off a corner, along each edge (at 120x160 the text is at its smallest and 6 fit)."""
+    edge_boxes = [
+        [0, 0, w / 3, h / 3], [2 * w / 3, 0, w, h / 3], [0, 2 * h / 3, w / 3, h],
+        [2 * w / 3, 2 * h / 3, w, h],
+        [0, 0, w, h], [-30, -20, w + 40, h + 10], [w - 3, h - 3, w + 50, h + 50],
+        [w / 3, 0, 2 * w / 3, h / 4], [w / 3, 3 * h / 4, 2 * w / 3, h],
+        [0, h / 3, w / 4, 2 * h / 3], [3 * w / 4, h / 3, w, 2 * h / 3],
+    ]
+    det = box_detections(h, w, edge_boxes[:n])
+    layout = layout_of(det)
+    assert None not in layout.rects
+    assert_inside_and_apart(layout.rects, (h, w))
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (39, 0), (0, 29), (39, 29)])
+def test_captions_stay_inside_a_tiny_image(corner):
+    x, y = corner
+    boxes = [[x, y, x + 5, y + 5], [0, 0, 40, 30], [x - 10, y - 10, x + 10, y + 10]]
+    rects = caption_boxes([(30, 8), (25, 8), (12, 6)], boxes, (30, 40), gap=1)
+    assert_inside_and_apart(rects, (30, 40))
+    # A caption larger than the image has nowhere to go, and rendering skips it.
+    assert caption_boxes([(41, 8), (20, 31)], boxes[:2], (30, 40)) == [None, None]
+    det = box_detections(30, 40, boxes)
+    assert render_detections(np.zeros((30, 40, 3), np.uint8), det).shape == (30, 40, 3)
+
+
+def test_more_captions_than_room_still_stay_inside():
+    """The documented last resort: with no free spot left, captions overlap but stay inside."""
+    h, w = 40, 60
+    rects = caption_boxes([(25, 10)] * 40, crowded_boxes(h, w, 40), (h, w))
+    assert_inside_and_apart(rects[:4], (h, w))  # while there is room
+    rects = np.array(rects)
+    assert (rects[:, :2] >= 0).all() and (rects[:, 2] <= w).all() and (rects[:, 3] <= h).all()
+
+
+def test_crowded_images_get_smaller_text_but_never_unreadable():
+    boxes = crowded_boxes(480, 640, 100, seed=2)
+    texts = ["traffic light 90%"] * 100
+    assert caption_layout(texts[:3], boxes[:3], (480, 640)).font_scale == pytest.approx(0.55)
+    crowded = caption_layout(texts, boxes, (480, 640)).font_scale
+    assert 0.4 <= crowded < 0.55
+
+
+def test_caption_text_contrasts_with_its_backing_for_every_palette_colour():
+    """WCAG AA's 4.5:1 for every palette colour, both by rule and in the drawn pixels."""
+    for colour in [*PALETTE.tolist(), (0, 0, 0), (255, 255, 255), (118, 118, 118), (119, 119, 119)]:
+        assert contrast_ratio(caption_ink(colour), colour) >= 4.5, colour
+    n = len(PALETTE)
+    h, w = 720, 960
+    corners = [(20 + 160 * (i % 6), 40 + 90 * (i // 6)) for i in range(n)]  # 6 across, 8 down
+    boxes = [[x, y, x + 130, y + 70] for x, y in corners]
+    det = box_detections(h, w, boxes)
+    out = render_detections(np.full((h, w, 3), 128, np.uint8), det)
+    for i, (x1, y1, x2, y2) in enumerate(layout_of(det).rects):
+        colour = instance_colour(i)
+        assert backing_share(out, (x1, y1, x2, y2), colour) > 0.5
+        pixels = out[y1:y2, x1:x2].reshape(-1, 3).astype(int)
+        ink = pixels[np.abs(pixels - colour).sum(axis=1).argmax()]  # the text's own colour
+        assert contrast_ratio(ink, colour) >= 4.5, (i, colour, ink)
+
+
+def test_astronaut_captions_through_the_demo_model(demo_model_dir):
+    """The reported case: 11 detections on the astronaut photo, two captions overlapped and
+    one was unreadable at the image's edge."""
+    from engine import Engine
+
+    astronaut = photo("astronaut")
+    det = Engine.load(demo_model_dir).predict(astronaut)
+    assert len(det.scores) == 11
+    layout = layout_of(det)
+    assert None not in layout.rects
+    assert_inside_and_apart(layout.rects, astronaut.shape[:2])
+    out = render_detections(astronaut, det)
+    for i, (rect, box) in enumerate(zip(layout.rects, det.boxes.round().astype(int))):
+        assert backing_share(out, rect, instance_colour(i)) > 0.5, i  # a solid backing
+        x1, y1, x2, y2 = rect
+        assert abs(x1 - max(box[0], 0)) <= 60 and y2 >= box[1] - 40 and y1 <= box[3] + 1, (i, rect, box)

@@ -1,5 +1,8 @@
 """Which model directory `serve` picks: --model-dir, $SM_MODEL_DIR, /opt/ml/model, the demo model.
 
+The choice lives in engine.model_defaults (`python -m engine predict` makes the same one);
+server.__main__ re-exports `bundled_model_dir` and `resolve_model_dir`.
+
 The explicit choices are strict (a missing directory is an error, never a silent fallback);
 the demo model shipped in the `demo` package is served only when nothing was asked for and
 SageMaker's /opt/ml/model is absent. The last test installs the project the way the
@@ -10,6 +13,7 @@ demo model and the web page come with it.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import re
 import shutil
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.model_defaults as defaults
 import server.__main__ as serve_main
 from engine.errors import ModelDirError
 from server_process import REPO
@@ -29,10 +34,16 @@ def bundled(tmp_path, monkeypatch):
     """A fake bundled demo model, and a DEFAULT_MODEL_DIR (/opt/ml/model) that does not exist."""
     demo = tmp_path / "site-packages" / "demo" / "model"
     demo.mkdir(parents=True)
-    (demo / "model.json").write_text("{}")
-    monkeypatch.setattr(serve_main, "bundled_model_dir", lambda: demo)
-    monkeypatch.setattr(serve_main, "DEFAULT_MODEL_DIR", str(tmp_path / "opt-ml-model"))
+    (demo / "model.json").write_text(json.dumps({"class_names": ["__background__", "circle", "square"]}))
+    monkeypatch.setattr(defaults, "bundled_model_dir", lambda: demo)
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL_DIR", str(tmp_path / "opt-ml-model"))
     return demo
+
+
+def test_serve_uses_the_engines_choice():
+    assert serve_main.resolve_model_dir is defaults.resolve_model_dir
+    assert serve_main.bundled_model_dir is defaults.bundled_model_dir
+    assert serve_main.DEFAULT_MODEL_DIR == defaults.DEFAULT_MODEL_DIR == "/opt/ml/model"
 
 
 def test_model_dir_argument_wins(bundled, tmp_path):
@@ -49,7 +60,9 @@ def test_a_missing_requested_dir_is_an_error_not_a_fallback(bundled, tmp_path, w
     arg, environ = (str(missing), {}) if where == "argument" else (None, {"SM_MODEL_DIR": str(missing)})
     with pytest.raises(ModelDirError, match=re.escape(str(missing))) as info:
         serve_main.resolve_model_dir(arg, environ)
-    assert "build_engine.py --output" in str(info.value) and "demo" not in str(info.value)
+    assert f"python build_engine.py --output {missing} --weights coco" in str(info.value)
+    # where the demo model is, and that it takes leaving both out, not that it was used
+    assert f"no --model-dir and no $SM_MODEL_DIR to use the demo model at {bundled}" in str(info.value)
 
 
 def test_opt_ml_model_comes_before_the_demo_model(bundled, tmp_path):
@@ -60,20 +73,23 @@ def test_opt_ml_model_comes_before_the_demo_model(bundled, tmp_path):
 
 
 def test_nothing_given_serves_the_demo_model_and_says_how_to_build_coco(bundled, caplog):
-    with caplog.at_level(logging.WARNING, logger=serve_main.logger.name):
+    with caplog.at_level(logging.WARNING, logger=defaults.logger.name):
         assert serve_main.resolve_model_dir(None, {}) == bundled
     (record,) = caplog.records
     message = record.getMessage()
-    assert "demo model" in message and str(bundled) in message
+    assert f"demo model at {bundled}" in message and "no --model-dir, $SM_MODEL_DIR or" in message
+    assert "knows only circle and square" in message  # the model's own class names
     assert "python build_engine.py --weights coco --output DIR" in message
     assert "serve --model-dir DIR" in message
+    assert record.fields == {"model_dir": str(bundled), "demo": True}
+    assert defaults.is_demo_model(bundled) and not defaults.is_demo_model(bundled.parent)
 
 
 def test_nothing_anywhere_is_an_error_naming_every_place(bundled, monkeypatch):
-    monkeypatch.setattr(serve_main, "bundled_model_dir", lambda: None)
+    monkeypatch.setattr(defaults, "bundled_model_dir", lambda: None)
     with pytest.raises(ModelDirError, match="demo model .* not installed") as info:
         serve_main.resolve_model_dir(None, {})
-    assert serve_main.DEFAULT_MODEL_DIR in str(info.value)
+    assert f"--output {defaults.DEFAULT_MODEL_DIR}" in str(info.value)
 
 
 def test_bundled_model_dir_is_demo_model_in_the_demo_package(tmp_path, monkeypatch):
@@ -81,17 +97,17 @@ def test_bundled_model_dir_is_demo_model_in_the_demo_package(tmp_path, monkeypat
 
     # The real one: demo/model next to demo/__init__.py, when its model.json is there.
     expected = Path(demo.__file__).resolve().parent / "model"
-    found = serve_main.bundled_model_dir()
+    found = defaults.bundled_model_dir()
     assert found == (expected if (expected / "model.json").is_file() else None)
     # A `demo` package without the model (e.g. installed without its package data): None.
-    monkeypatch.setattr(serve_main.importlib.resources, "files", lambda name: tmp_path)
-    assert serve_main.bundled_model_dir() is None
+    monkeypatch.setattr(defaults.importlib.resources, "files", lambda name: tmp_path)
+    assert defaults.bundled_model_dir() is None
 
     def no_demo(name):
         raise ModuleNotFoundError(name)
 
-    monkeypatch.setattr(serve_main.importlib.resources, "files", no_demo)
-    assert serve_main.bundled_model_dir() is None
+    monkeypatch.setattr(defaults.importlib.resources, "files", no_demo)
+    assert defaults.bundled_model_dir() is None
 
 
 def test_the_dockerfiles_install_carries_the_demo_model_and_the_web_page(demo_model_dir, tmp_path):

@@ -186,3 +186,22 @@ def test_table_swatches_use_the_renderers_colours(browser, page_server):
         "return Array.from({length: 2 * arguments[0]}, (_, i) => window.maskrcnnPage.instanceColour(i))",
         len(PALETTE))
     assert colours == np.concatenate([PALETTE, PALETTE]).tolist()
+
+
+def test_the_demo_model_is_announced_with_what_it_knows(browser, page_server):
+    open_page(browser, page_server)
+    notice = browser.find_element("id", "demo-notice")
+    save_screenshot(browser, "web_page_demo_notice.png")
+    assert notice.is_displayed() and notice.get_attribute("role") == "note"
+    assert "circle, square and triangle" in notice.text, notice.text
+    assert "build_engine.py --weights coco" in notice.text, notice.text
+
+
+def test_no_demo_notice_for_another_model(browser, small_model_dir, tmp_path):
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        open_page(browser, srv)
+        assert not browser.find_element("id", "demo-notice").is_displayed()
+    finally:
+        srv.kill()

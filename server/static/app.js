@@ -16,6 +16,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     modelStatus: $("model-status"),
+    demoNotice: $("demo-notice"),
     dropzone: $("dropzone"),
     file: $("file"),
     fileName: $("file-name"),
@@ -114,6 +115,19 @@
     }
   }
 
+  // The notice as the server words it, with `command` spans shown as code.
+  function showNotice(element, text) {
+    const sentence = text ? `${text.charAt(0).toUpperCase()}${text.slice(1)}.` : "";
+    element.replaceChildren(...sentence.split("`").map((part, i) => {
+      if (i % 2 === 0) {
+        return document.createTextNode(part);
+      }
+      const code = document.createElement("code");
+      code.textContent = part;
+      return code;
+    }));
+  }
+
   async function pollModel() {
     let retry = true;
     try {
@@ -122,6 +136,9 @@
         const info = await resp.json();
         ui.modelStatus.textContent = `Model ${info.model} on ${info.backend}`;
         ui.modelStatus.dataset.state = "ready";
+        // The bundled demo model gives confident nonsense on real photos: say so up front.
+        ui.demoNotice.hidden = !info.demo;
+        showNotice(ui.demoNotice, info.demo ? info.notice : "");
         retry = false;
       } else {
         const err = await readError(resp);
