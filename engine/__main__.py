@@ -1,10 +1,11 @@
 """Command line for the engine, usable without the server.
 
-    python -m engine predict [--model-dir DIR] photo.jpg [--json | --out segmented.jpg]
+    python -m engine predict [--model-dir DIR | --model coco-v1] photo.jpg [--json | --out segmented.jpg]
     python -m engine backends [--model-dir DIR]
 
 Without --model-dir, `predict` uses the same model as `serve`: $SM_MODEL_DIR, else
-/opt/ml/model, else the bundled demo model; it says which on stderr.
+/opt/ml/model, else the bundled demo model; it says which on stderr. `--model coco-v1` is
+`serve --model coco-v1`'s model directory (built on first use, see engine.named_models).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from . import Engine, EngineError, decode_image
 from .backends import available_backends, choose_backend
-from .model_defaults import DEFAULT_MODEL_DIR, choose_model_dir, demo_notice
+from .model_defaults import DEFAULT_MODEL_DIR, ModelDirChoice, choose_model_dir, demo_notice
+from .named_models import NAMED_MODELS, ensure_named_model
 
 
 def detections_json(detections) -> dict:
@@ -35,7 +37,10 @@ def detections_json(detections) -> dict:
 def cmd_predict(args) -> int:
     from .render import encode_image, render_detections
 
-    choice = choose_model_dir(args.model_dir, os.environ)
+    if args.model:
+        choice = ModelDirChoice(ensure_named_model(args.model, args.weights, os.environ), f"--model {args.model}", demo=False)
+    else:
+        choice = choose_model_dir(args.model_dir, os.environ)
     print(choice.describe(), file=sys.stderr)
     engine = Engine.load(choice.path, backend=args.backend)
     if choice.demo:
@@ -66,8 +71,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="segment one photo")
     predict.add_argument("image", type=Path, help="a JPEG or PNG file")
-    predict.add_argument("--model-dir", help="directory written by build_engine.py (default: $SM_MODEL_DIR, "
-                         f"else {DEFAULT_MODEL_DIR}, else the bundled demo model)")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--model-dir", help="directory written by build_engine.py (default: $SM_MODEL_DIR, "
+                       f"else {DEFAULT_MODEL_DIR}, else the bundled demo model)")
+    which.add_argument("--model", choices=list(NAMED_MODELS),
+                       help="torchvision's COCO model, as `serve --model` (built on first use)")
+    predict.add_argument("--weights", metavar="PATH", help="with --model: build from this state_dict file")
     predict.add_argument("--json", action="store_true", help="print detections as JSON (default without --out)")
     predict.add_argument("--out", type=Path, help="write the segmented image here (.jpg or .png)")
     predict.add_argument("--score-threshold", type=float, default=0.5)
@@ -78,6 +87,8 @@ def main(argv=None) -> int:
     backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")
     backends.set_defaults(func=cmd_backends)
     args = parser.parse_args(argv)
+    if getattr(args, "weights", None) and not args.model:
+        parser.error("--weights goes with --model")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

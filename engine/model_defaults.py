@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "/opt/ml/model"  # SageMaker unpacks model.tar.gz here
 # One line wherever the demo model is in use (the CLI, the server's log, /ping, the web page);
-# {classes} from the model's class names. `./serve.sh --coco` (issue 11) is not built yet:
-# name it here once it exists.
-DEMO_NOTICE = ("the demo model knows only {classes} (synthetic shapes); for a real COCO model run "
-               "`python build_engine.py --weights coco --output DIR`, then `serve --model-dir DIR`")
+# {classes} from the model's class names.
+DEMO_NOTICE = ("the demo model knows only {classes} (synthetic shapes); for real photos run "
+               "`./serve.sh --coco` (or `serve --model coco-v1`): torchvision's COCO Mask R-CNN, "
+               "built on first use")
 
 
 def bundled_model_dir() -> Path | None:
@@ -57,7 +57,8 @@ def model_dir_not_found(path) -> str:
     """The message for a model directory that does not exist: how to build one, where the demo is."""
     demo = bundled_model_dir()
     # --output first: tests/test_server_e2e.py looks for "build_engine.py --output"
-    message = f"model directory not found: {path}; build one with `python build_engine.py --output {path} --weights coco`"
+    message = (f"model directory not found: {path}; build one with `python build_engine.py --output {path} "
+               f"--weights coco`, or serve torchvision's COCO model with `serve --model coco-v1`")
     if demo is None:
         return message + " (the bundled demo model in demo/model is not installed)"
     return message + f", or give no --model-dir and no $SM_MODEL_DIR to use the demo model at {demo}"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from engine.named_models import download_hint, unreachable_reason  # torch-free: `serve --model` probes too
+
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
-PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may hang longer
 
 
 class WeightsError(Exception):
@@ -60,9 +61,7 @@ def coco_model(arch: str):
     if not cached.is_file():
         reason = unreachable_reason(weights.url)
         if reason:
-            raise WeightsError(
-                f"cannot download torchvision's COCO weights for {arch} from {weights.url} ({reason}); "
-                f"without network access, download that file elsewhere and pass --weights PATH")
+            raise WeightsError(download_hint(arch, weights.url, reason))
     try:
         return _builder(arch)(weights=weights, progress=True)  # the bar shows only when downloading
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file a RuntimeError
@@ -70,33 +69,6 @@ def coco_model(arch: str):
         where = f"the torch-hub cache ({cached}; delete it to download again)" if cached.is_file() else weights.url
         raise WeightsError(f"could not load torchvision's COCO weights for {arch} from {where}: {reason}; "
                            f"or download that file elsewhere and pass --weights PATH") from None
-
-
-def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if a HEAD request to `url` gets any HTTP answer within `timeout_s`, else why not.
-
-    The request runs in a daemon thread because name resolution ignores socket timeouts: an
-    offline machine whose DNS never answers would otherwise hang here.
-    """
-    import threading
-    import urllib.error
-    import urllib.request
-
-    outcome: list[str | None] = []
-
-    def probe():
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
-            outcome.append(None)
-        except urllib.error.HTTPError:  # the server answered: the network works
-            outcome.append(None)
-        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
-            outcome.append(str(getattr(exc, "reason", None) or exc))
-
-    thread = threading.Thread(target=probe, name="weights-url-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 1.0)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
 
 
 def file_model(arch: str, path: Path, num_classes: int | None = None):

@@ -1,6 +1,7 @@
 """`serve` / `python -m server`: load the model and serve the SageMaker contract on waitress.
 
-    serve [serve] [--model-dir DIR] [--host 0.0.0.0] [--port 8080] [--threads N] [--backend auto]
+    serve [serve] [--model-dir DIR | --model coco-v1 [--weights PATH]] [--host 0.0.0.0] [--port 8080]
+          [--threads N] [--backend auto]
 
 A leading `serve` argument is ignored: SageMaker starts containers as `docker run IMAGE
 serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argument.
@@ -8,6 +9,8 @@ serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argu
 The model directory is --model-dir, else $SM_MODEL_DIR, else /opt/ml/model (where SageMaker
 unpacks model.tar.gz). With none of them, the demo model shipped in the `demo` package
 (demo/model: circles, squares and triangles) is served, so a fresh machine works offline.
+`--model coco-v1` (or `coco-v2`; `--coco` is coco-v1) serves torchvision's COCO model instead,
+built on first use under the cache folder (engine.named_models), before the socket opens.
 
 Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
 while a background thread loads the model and runs one warm-up inference, then 200.
@@ -33,6 +36,7 @@ import waitress
 from engine.errors import EngineError, ModelDirError
 # re-exported: `from server.__main__ import bundled_model_dir, resolve_model_dir` keeps working
 from engine.model_defaults import bundled_model_dir, resolve_model_dir  # noqa: F401
+from engine.named_models import NAMED_MODELS, ensure_named_model
 
 from .app import EngineSlot, create_app
 from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
@@ -60,8 +64,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] == "serve":
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else "
-                        f"{DEFAULT_MODEL_DIR}, else the bundled demo model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else "
+                       f"{DEFAULT_MODEL_DIR}, else the bundled demo model)")
+    which.add_argument("--model", choices=list(NAMED_MODELS),
+                       help="torchvision's COCO Mask R-CNN (v1: ResNet-50 FPN, v2: its improved version), "
+                            "built on first use into $MASKRCNN_CACHE_DIR (default ~/.cache/maskrcnn-serve); "
+                            "installs torch into this venv and downloads the weights the first time")
+    which.add_argument("--coco", action="store_const", const="coco-v1", dest="model", help="--model coco-v1")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="with --model: build from this state_dict file instead of downloading "
+                             "torchvision's (for machines without network)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, help=f"default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}")
     parser.add_argument("--threads", type=int,
@@ -70,7 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backend", default=os.environ.get("MASKRCNN_BACKEND", "auto"),
                         help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.weights and not args.model:
+        parser.error("--weights goes with --model (or --coco)")
+    return args
 
 
 class JsonFormatter(logging.Formatter):
@@ -132,12 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         config = ServerConfig.from_env(os.environ)
-        model_dir = resolve_model_dir(args.model_dir, os.environ)
         port = resolve_port(args.port, os.environ)
         threads = args.threads or config.http_threads
         if threads <= config.workers + config.queue_size:
             raise ValueError(f"--threads {threads} must exceed inference workers ({config.workers}) + "
                              f"queue size ({config.queue_size}), or /ping could starve")
+        if args.model:  # built on first use (minutes); progress on stderr, the JSON log stays on stdout
+            model_dir = ensure_named_model(args.model, args.weights, os.environ)
+        else:
+            model_dir = resolve_model_dir(args.model_dir, os.environ)
     except (ValueError, ModelDirError) as exc:
         sys.exit(f"serve: error: {exc}")
 

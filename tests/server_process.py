@@ -68,20 +68,27 @@ class ServerProcess:
     model_dir None starts it without --model-dir (the server then picks $SM_MODEL_DIR,
     /opt/ml/model or the bundled demo model). extra_env overrides the environment; a None
     value removes that variable. cwd is where the process starts (the repository by default).
+    `command` replaces `serve` (e.g. a copy's serve.sh) and `args` the model arguments;
+    with `stderr_path`, stderr (human progress lines) goes there and the log keeps only stdout.
     """
 
     def __init__(self, model_dir: Path | None, log_path: Path,
-                 extra_env: Mapping[str, str | None] | None = None, cwd: Path = REPO):
+                 extra_env: Mapping[str, str | None] | None = None, cwd: Path = REPO,
+                 command: list[str] | None = None, args: list[str] | None = None,
+                 stderr_path: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.stderr_path = stderr_path
         env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
         env = {k: v for k, v in env.items() if v is not None}
-        model_args = [] if model_dir is None else ["--model-dir", str(model_dir)]
+        if args is None:
+            args = ["serve"] + ([] if model_dir is None else ["--model-dir", str(model_dir)])
         self._log = open(log_path, "wb")  # a file, not a pipe nobody reads, which could fill up
+        self._stderr = open(stderr_path, "wb") if stderr_path else None
         self.proc = subprocess.Popen(
-            serve_command() + ["serve", *model_args, "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            (command or serve_command()) + [*args, "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=cwd, env=env, stdout=self._log, stderr=self._stderr or subprocess.STDOUT)
 
     def ping(self, timeout: float = 2.0) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -97,7 +104,7 @@ class ServerProcess:
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}\n{self.stderr()}")
             try:
                 status = self.ping()
             except OSError:
@@ -107,10 +114,14 @@ class ServerProcess:
             if status == 200:
                 return seen
             time.sleep(0.05)  # a polling interval, bounded by the deadline
-        pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}")
+        pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}\n{self.stderr()}")
 
     def log(self) -> str:
+        """stdout (and stderr, unless it has its own file)."""
         return self.log_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
 
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.strip()]
@@ -121,11 +132,16 @@ class ServerProcess:
         try:
             return self.proc.wait(timeout)
         finally:
-            self._log.close()
+            self._close_logs()
 
     def kill(self) -> None:
         """Make sure the process is gone (a fixture's teardown after a failed test)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._close_logs()
+
+    def _close_logs(self) -> None:
         self._log.close()
+        if self._stderr:
+            self._stderr.close()

@@ -60,8 +60,8 @@ def test_serve_without_a_model_dir_serves_the_demo_model(demo_server, demo_model
     assert ping.json()["demo"] is True and "circle, square and triangle" in ping.json()["notice"]
     (notice,) = [r for r in demo_server.log_records() if "demo model" in r["message"]]
     assert notice["level"] == "WARNING" and Path(notice["model_dir"]).resolve() == demo_model_dir.resolve()
-    assert "python build_engine.py --weights coco --output DIR" in notice["message"]
-    assert "serve --model-dir DIR" in notice["message"]
+    assert "./serve.sh --coco" in notice["message"]
+    assert "serve --model coco-v1" in notice["message"]
 
 
 @functools.lru_cache(maxsize=None)

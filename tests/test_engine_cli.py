@@ -50,7 +50,7 @@ def test_without_a_model_dir_predict_uses_the_demo_model_and_says_so(photo_path,
     assert f"model: demo model at {demo} (no --model-dir, $SM_MODEL_DIR or {DEFAULT_MODEL_DIR})" in lines
     (notice,) = [line for line in lines if "the demo model knows only" in line]
     assert "circle, square and triangle" in notice  # from the model's class names
-    assert "python build_engine.py --weights coco --output DIR" in notice
+    assert "./serve.sh --coco" in notice
     out = json.loads(result.stdout)
     assert set(out) >= {"labels", "boxes"} and len(out["labels"]) == len(out["boxes"])
 

@@ -79,8 +79,7 @@ def test_nothing_given_serves_the_demo_model_and_says_how_to_build_coco(bundled,
     message = record.getMessage()
     assert f"demo model at {bundled}" in message and "no --model-dir, $SM_MODEL_DIR or" in message
     assert "knows only circle and square" in message  # the model's own class names
-    assert "python build_engine.py --weights coco --output DIR" in message
-    assert "serve --model-dir DIR" in message
+    assert "./serve.sh --coco" in message and "serve --model coco-v1" in message
     assert record.fields == {"model_dir": str(bundled), "demo": True}
     assert defaults.is_demo_model(bundled) and not defaults.is_demo_model(bundled.parent)
 

@@ -194,7 +194,7 @@ def test_the_demo_model_is_announced_with_what_it_knows(browser, page_server):
     save_screenshot(browser, "web_page_demo_notice.png")
     assert notice.is_displayed() and notice.get_attribute("role") == "note"
     assert "circle, square and triangle" in notice.text, notice.text
-    assert "build_engine.py --weights coco" in notice.text, notice.text
+    assert "./serve.sh --coco" in notice.text, notice.text
 
 
 def test_no_demo_notice_for_another_model(browser, small_model_dir, tmp_path):
