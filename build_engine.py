@@ -24,12 +24,12 @@ import json
 import sys
 from pathlib import Path
 
+from engine.named_models import ARCHS  # torch-free, like the --tensorrt path
+
 try:
     from exporter import export  # noqa: F401  (re-exported: the Python entry point)
 except ImportError:  # no torch (the GPU image): only --tensorrt on an existing model directory
     export = None
-
-ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.named_models import ARCHS  # noqa: E402
+
 from benchmarks.arithmetic import MatmulProbe, graph_gflop  # noqa: E402
 from benchmarks.inputs import skimage_photo, test_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
@@ -53,7 +55,7 @@ def agreement(ref_boxes, ref_labels, boxes, labels) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+    parser.add_argument("--arch", default=ARCHS[0], choices=ARCHS)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-int8", action="store_true", help="skip the INT8 engine")

@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.named_models import ARCHS  # noqa: E402
+
 from benchmarks.inputs import test_photo  # noqa: E402
 from benchmarks.machine import package_versions, write_results  # noqa: E402
 
@@ -120,7 +122,7 @@ def torchvision_rows(args, image, model_dir_info) -> tuple[list, dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="model directory (default: export random R50 weights)")
-    parser.add_argument("--arch", default="maskrcnn_resnet50_fpn", choices=["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+    parser.add_argument("--arch", default=ARCHS[0], choices=ARCHS)
     parser.add_argument("--precisions", default="fp16,fp32", help="TensorRT precisions to build and time")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)

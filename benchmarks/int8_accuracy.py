@@ -27,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.named_models import ARCHS  # noqa: E402
+
 from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, box_iou  # noqa: E402
 from benchmarks.inputs import skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = ROOT / "benchmarks" / "results"
     if args.random_r50:
-        archs = args.arch or ["maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"]
+        archs = args.arch or list(ARCHS)
         random_r50_agreement(archs, args.output or results / "int8_agreement_random_r50.json")
         return 0
     if args.checkpoint is None:

@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.media_types import IMAGE_TYPES, JPEG, JSON
+
 from . import endpoints
 from . import invoke as invoking
 from . import transform as transforming
@@ -35,7 +37,6 @@ DEFAULT_PREFIX = "maskrcnn-serve"  # s3://BUCKET/maskrcnn-serve/<model name>/mod
 DEFAULT_TARGET_INVOCATIONS = 100.0
 DEFAULT_SERVERLESS_CONCURRENCY = 20
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
-IMAGE_TYPES = ("image/jpeg", "image/png")
 NO_BOTO3 = "boto3 is not installed: pip install 'maskrcnn-serve[deploy]'"
 
 
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_aws_options(invoke)
     invoke.add_argument("--endpoint-name", required=True, metavar="NAME")
     invoke.add_argument("photo", metavar="PHOTO", type=Path, help="a JPEG or PNG file")
-    invoke.add_argument("--accept", choices=invoking.ACCEPTS, default="application/json")
+    invoke.add_argument("--accept", choices=invoking.ACCEPTS, default=JSON)
     invoke.add_argument("--out", type=Path, metavar="FILE", help="write the answer here (JSON goes to "
                         "stdout without it; an image to <photo stem>.segmented.jpg|png)")
     invoke.add_argument("--custom-attributes", type=_custom_attributes, metavar="JSON",
@@ -166,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     transform.add_argument("--output", required=True, type=_s3_uri, metavar="S3_URI", help="prefix for the answers")
     transform.add_argument("--instance-type", required=True, metavar="TYPE")
     transform.add_argument("--instance-count", type=_int_in(1), default=1, metavar="N")
-    transform.add_argument("--content-type", choices=IMAGE_TYPES, default="image/jpeg")
-    transform.add_argument("--accept", choices=invoking.ACCEPTS, default="application/json")
+    transform.add_argument("--content-type", choices=IMAGE_TYPES, default=JPEG)
+    transform.add_argument("--accept", choices=invoking.ACCEPTS, default=JSON)
     transform.add_argument("--job-name", metavar="J", help="default: <model name>-<timestamp>")
     transform.add_argument("--no-wait", action="store_true", help="do not wait for the job to finish")
     transform.set_defaults(run=_with_aws(run_transform))
@@ -278,7 +279,7 @@ def run_invoke(args: argparse.Namespace, aws) -> int:
     body, content_type = invoking.read_photo(args.photo)
     answer_type, answer = invoking.invoke(aws.client("sagemaker-runtime"), args.endpoint_name, body,
                                           content_type, args.accept, args.custom_attributes)
-    if args.out is None and args.accept == "application/json":
+    if args.out is None and args.accept == JSON:
         sys.stdout.write(answer.decode("utf-8", "replace").rstrip("\n") + "\n")
         return 0
     out = args.out or invoking.default_output(args.photo, args.accept)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.media_types import RESPONSE_TYPES as ACCEPTS  # noqa: F401  (the --accept choices)
+from engine.media_types import SIGNATURES, SUFFIXES
+
 from .errors import InputError
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # real-time endpoints; SageMaker answers 413 above it
 MAX_CUSTOM_ATTRIBUTES = 1024
-SIGNATURES = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}  # magic bytes
-ACCEPTS = ("application/json", "image/jpeg", "image/png")
-SUFFIXES = {"image/jpeg": ".jpg", "image/png": ".png"}
 
 
 def sniff_content_type(body: bytes, name: str) -> str:

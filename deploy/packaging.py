@@ -80,8 +80,8 @@ def package_model_dir(model_dir, output) -> Package:
 
 def _required_names(model: ModelDir) -> set[str]:
     """Archive names of the files the server will open: model.json, graphs, TensorRT plans."""
-    files = [entry["file"] for entry in model.config["graphs"].values()]
-    files += [entry["file"] for entry in (model.tensorrt or {}).get("plans", {}).values()]
+    files = [entry.file for _, entry in model.config.graphs.items()]
+    files += [entry.file for _, entry in model.tensorrt.plans.items()] if model.tensorrt else []
     return {"model.json"} | {PurePosixPath(f).as_posix() for f in files}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.media_types import JPEG, JSON
+
 from .waiting import wait_for_status
 
 WAIT_S = 12 * 3600
@@ -27,8 +29,8 @@ class TransformSpec:
     output_uri: str  # s3:// prefix for the answers
     instance_type: str
     instance_count: int = 1
-    content_type: str = "image/jpeg"
-    accept: str = "application/json"
+    content_type: str = JPEG
+    accept: str = JSON
 
 
 def job_request(spec: TransformSpec) -> dict:

@@ -1,13 +1,11 @@
 """Mask R-CNN inference without torch: ONNX graphs for the network, numpy/OpenCV for the rest."""
 
+from .backends.base import default_threads
 from .detections import Detections
 from .engine import Engine
 from .errors import BackendUnavailableError, EngineError, ImageDecodeError, ModelDirError
-
-try:  # image_io arrives with the server work; keep the core importable without it
-    from .image_io import ImageInfo, decode_image, probe_image
-except ImportError:  # pragma: no cover
-    pass
+from .image_io import ImageInfo, decode_image, probe_image
+from .model_config import ModelConfig
 
 __all__ = [
     "Engine",
@@ -19,4 +17,6 @@ __all__ = [
     "ImageDecodeError",
     "ModelDirError",
     "BackendUnavailableError",
+    "ModelConfig",
+    "default_threads",
 ]

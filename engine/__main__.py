@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import Engine, EngineError, decode_image
+from .detections import format_label
 from .backends import available_backends, choose_backend
 from .model_defaults import DEFAULT_MODEL_DIR, ModelDirChoice, choose_model_dir, demo_notice
 from .named_models import NAMED_MODELS, ensure_named_model
@@ -26,7 +27,7 @@ from .named_models import NAMED_MODELS, ensure_named_model
 def detections_json(detections) -> dict:
     """The service's JSON shape ({"labels", "boxes"}) plus scores and class ids."""
     return {
-        "labels": [f"{name} {round(float(s) * 100)}%" for name, s in zip(detections.labels, detections.scores)],
+        "labels": [format_label(name, s) for name, s in zip(detections.labels, detections.scores)],
         "boxes": detections.boxes.astype(float).tolist(),
         "scores": detections.scores.astype(float).tolist(),
         "class_ids": detections.class_ids.astype(int).tolist(),
@@ -42,7 +43,7 @@ def cmd_predict(args) -> int:
     else:
         choice = choose_model_dir(args.model_dir, os.environ)
     print(choice.describe(), file=sys.stderr)
-    engine = Engine.load(choice.path, backend=args.backend)
+    engine = Engine.load(choice.path, backend=args.backend, threads=args.threads)
     if choice.demo:
         print(demo_notice(engine.class_names), file=sys.stderr)
     image = decode_image(Path(args.image).read_bytes())
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
     predict.add_argument("--score-threshold", type=float, default=0.5)
     predict.add_argument("--max-detections", type=int, default=100)
     predict.add_argument("--backend", default="auto")
+    predict.add_argument("--threads", type=int, help="CPU inference threads (default: every usable core)")
     predict.set_defaults(func=cmd_predict)
     backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
     backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")

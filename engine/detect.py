@@ -8,27 +8,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backends.base import FILLER_BOX
 from .box_ops import batched_nms, clip_boxes, decode_boxes, remove_small_boxes
-
-# A stand-in box for a pyramid level that received no RoI, so every graph input has at least
-# one row (TensorRT profiles and some runtimes dislike empty tensors); its output is dropped.
-_FILLER_BOX = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+from .model_config import BoxHeadConfig, RoIPoolConfig
 
 
-def assign_levels(boxes: np.ndarray, pool: dict) -> np.ndarray:
-    """torchvision LevelMapper: index (0-based, into pool["scales"]) of the level for each box.
+
+def assign_levels(boxes: np.ndarray, pool: RoIPoolConfig) -> np.ndarray:
+    """torchvision LevelMapper: index (0-based, into pool.scales) of the level for each box.
 
     level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped to the
     pooled levels, whose numbers come from the RoIAlign scales (scale 1/4 -> level 2).
     """
-    scales = pool["scales"]
+    scales = pool.scales
     if len(scales) == 1:
         return np.zeros(boxes.shape[0], np.int64)
     k_min = int(-np.log2(np.float32(scales[0])))
     k_max = int(-np.log2(np.float32(scales[-1])))
     s = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     target = np.floor(
-        np.float32(pool["canonical_level"]) + np.log2(s / np.float32(pool["canonical_scale"])) + np.float32(1e-6)
+        np.float32(pool.canonical_level) + np.log2(s / np.float32(pool.canonical_scale)) + np.float32(1e-6)
     )
     return (np.clip(target, k_min, k_max).astype(np.int64) - k_min).astype(np.int64)
 
@@ -53,16 +52,17 @@ class LevelSplit:
         return result
 
 
-def split_by_level(boxes: np.ndarray, pool: dict) -> LevelSplit:
+def split_by_level(boxes: np.ndarray, pool: RoIPoolConfig) -> LevelSplit:
+    """`boxes` (N, 4) grouped by the pyramid level `pool` assigns them, as the head graphs take them."""
     levels = assign_levels(boxes, pool)
     rois, order = [], []
-    for level in range(len(pool["scales"])):
+    for level in range(len(pool.scales)):
         members = np.flatnonzero(levels == level)
         if members.size:
             rois.append(np.ascontiguousarray(boxes[members], np.float32))
             order.append(members)
         else:
-            rois.append(_FILLER_BOX)
+            rois.append(FILLER_BOX)
             order.append(np.array([-1], np.int64))
     return LevelSplit(rois=rois, order=np.concatenate(order).astype(np.int64))
 
@@ -72,7 +72,7 @@ def select_detections(
     box_deltas: np.ndarray,
     proposals: np.ndarray,
     resized_size,
-    head: dict,
+    head: BoxHeadConfig,
     score_threshold: float,
     max_detections: int,
     class_ids=None,
@@ -83,7 +83,7 @@ def select_detections(
         class_probs: float32 (R, C) softmax scores; column 0 is the background.
         box_deltas: float32 (R, 4C) per-class regression.
         proposals: float32 (R, 4) the RoIs, padded-image pixels.
-        head: the "box_head" section of model.json.
+        head: model.json's "box_head" section.
         class_ids: optional class indices to keep (applied before NMS, which is per class).
     Returns:
         boxes (N, 4) in resized-image pixels, scores (N,), class ids (N,), best first.
@@ -101,11 +101,11 @@ def select_detections(
     roi_index, column = np.nonzero(candidate)
     labels = column + 1
     deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi_index, labels]
-    boxes = decode_boxes(deltas, proposals[roi_index], head["box_coder_weights"], head["bbox_xform_clip"])
+    boxes = decode_boxes(deltas, proposals[roi_index], head.box_coder_weights, head.bbox_xform_clip)
     boxes = clip_boxes(boxes, resized_size)
     scores = scores[roi_index, column]
 
     keep = remove_small_boxes(boxes, 1e-2)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = batched_nms(boxes, scores, labels, head["nms_thresh"])[:max_detections]
+    keep = batched_nms(boxes, scores, labels, head.nms_thresh)[:max_detections]
     return boxes[keep], scores[keep], labels[keep].astype(np.int64)

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def format_label(name: str, score: float) -> str:
+    """The API's label, e.g. "horse 100%": class name, a space, the score as a rounded whole percent, '%'.
+
+    The one spelling of it: JSON answers, image captions and the engine CLI all use this."""
+    return f"{name} {round(float(score) * 100)}%"
+
+
 @dataclass
 class Detections:
     """Instances found in one image, sorted by score, highest first.
@@ -34,7 +41,7 @@ class Detections:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls, image_size: tuple[int, int]) -> "Detections":
+    def empty(cls, image_size: tuple[int, int], timings: dict[str, float] | None = None) -> "Detections":
         """No instances: an ordinary result, with correctly shaped empty arrays."""
         h, w = image_size
         return cls(
@@ -44,4 +51,5 @@ class Detections:
             labels=[],
             masks=np.zeros((0, h, w), bool),
             image_size=(h, w),
+            timings=dict(timings or {}),
         )

@@ -1,13 +1,15 @@
 """The engine: photo in, Detections out, with ONNX graphs for the network and numpy for the rest.
 
     image (H, W, 3) uint8 RGB
-      -> preprocess: normalise, resize (torchvision's rule), pad     (1, 3, Hp, Wp)
-      -> dense graph: feature maps + RPN outputs
-      -> proposals (numpy): top-k, decode, clip, NMS per level        (P, 4)
-      -> box head graph on the proposals, split by FPN level          (P, C), (P, 4C)
-      -> detections (numpy): decode, threshold, per-class NMS, top-k  (N, 4)
-      -> mask head graph on those N boxes only                        (N, M, M)
-      -> boxes scaled to the input image, masks pasted                (N, H, W)
+      -> transform: normalise, resize (torchvision's rule), pad            (1, 3, Hp, Wp)
+      -> backend.run_dense: backbone, FPN and RPN head (dense graph)      feature maps, RPN outputs
+      -> rpn (numpy): top-k, decode, clip, NMS per level                   (P, 4)
+      -> box_head (graph) on the proposals, split by FPN level             (P, C), (P, 4C)
+      -> postprocess_detections (numpy): decode, threshold, NMS, top-k     (N, 4)
+      -> mask_head (graph) on those N boxes only                           (N, M, M)
+      -> postprocess: boxes scaled to the input image, masks pasted        (N, H, W)
+
+Each arrow is a method of Engine under torchvision's name for the stage; `predict` runs them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from .backends import create_backend
+from .backends.base import Backend, DenseOutputs
 from .detect import select_detections, split_by_level
 from .detections import Detections
 from .masks import paste_masks, paste_masks_aligned
 from .model_defaults import is_demo_model
 from .model_dir import ModelDir
-from .preprocess import preprocess, validate_image
+from .preprocess import PreparedImage, preprocess, validate_image
 from .proposals import select_proposals
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ class Engine:
     its own pooled slot of device buffers), though on the CPU each call already uses every
     core the backend was given."""
 
-    def __init__(self, model_dir: ModelDir, backend):
+    def __init__(self, model_dir: ModelDir, backend: Backend):
         self.model_dir = model_dir
         self.config = model_dir.config
         self.backend = backend
@@ -51,14 +54,15 @@ class Engine:
         return self.backend.name
 
     @classmethod
-    def load(cls, model_dir, backend: str = "auto", threads: int | None = None) -> "Engine":
-        """Open and check `model_dir` (model.json + graphs) and start the backend.
+    def load(cls, model_dir, backend: str = "auto", threads: int | None = None, cuda_tf32: bool = False) -> "Engine":
+        """Open and check `model_dir` (model.json + graphs) and start the backend (see
+        engine.backends.create_backend for `threads` and `cuda_tf32`).
 
         Raises ModelDirError naming the missing or corrupt file, BackendUnavailableError if
         the backend cannot run here.
         """
         directory = ModelDir.open(Path(model_dir))
-        engine = cls(directory, create_backend(backend, directory, threads=threads))
+        engine = cls(directory, create_backend(backend, directory, threads=threads, cuda_tf32=cuda_tf32))
         if engine.untrained:
             log.warning(
                 "model %s has untrained (random) weights: its detections are meaningless", engine.model_name
@@ -68,16 +72,17 @@ class Engine:
 
     def warmup(self) -> None:
         """One inference on a synthetic image, so the first real request pays no start-up cost."""
-        t = self.config["transform"]
+        side = self.config.transform.min_size
         rng = np.random.default_rng(0)
-        image = rng.integers(0, 256, size=(t["min_size"], t["min_size"] * 4 // 3, 3), dtype=np.uint8)
+        image = rng.integers(0, 256, size=(side, side * 4 // 3, 3), dtype=np.uint8)
         self.predict(image, score_threshold=0.0, max_detections=1)
 
     def predict(self, image: np.ndarray, score_threshold: float = 0.5, max_detections: int = 100, class_ids=None) -> Detections:
         """Instances in `image` (H, W, 3) uint8 RGB with score > score_threshold, at most
         max_detections of them, optionally only of the given class indices.
 
-        Follows torchvision's eval path step for step, so its results match
+        Follows torchvision's eval path step for step (GeneralizedRCNN.forward: transform,
+        backbone, rpn, roi_heads, transform.postprocess), so its results match
         `model.eval()(image)` run with box_score_thresh=score_threshold and
         box_detections_per_img=max_detections.
         """
@@ -86,62 +91,25 @@ class Engine:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if int(max_detections) < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = (now - clock) * 1000.0
-            clock = now
-
-        cfg = self.config
-        t = cfg["transform"]
-        prepared = preprocess(image, t["image_mean"], t["image_std"], t["min_size"], t["max_size"], t["size_divisible"])
-        lap("preprocess")
-        dense = self.backend.run_dense(prepared.tensor)
+        timer = _StageTimer()
+        prepared = timer.lap("preprocess", self.transform(image))
+        dense = timer.lap("dense", self.backend.run_dense(prepared.tensor))  # backbone, FPN, RPN head
         # From here the backend may hold per-request resources (the GPU backends keep the
         # feature maps in a pooled slot of device buffers) until release(), which comes as
         # soon as the last graph has run, before the CPU-only mask paste.
         try:
-            lap("dense")
-            proposals, _ = select_proposals(
-                dense.rpn_logits, dense.rpn_deltas, prepared.padded_size, prepared.resized_size, cfg["rpn"]
-            )
-            lap("proposals")
-            result = Detections.empty(prepared.original_size)
+            proposals = timer.lap("proposals", self.rpn(dense, prepared))
             if proposals.shape[0] == 0:
-                result.timings = timings
-                return result
-            split = split_by_level(proposals, cfg["box_head"])
-            class_probs, box_deltas = self.backend.run_box_head(dense.features, split.rois)
-            lap("box_head")
-            boxes, scores, labels = select_detections(
-                split.restore(class_probs),
-                split.restore(box_deltas),
-                proposals,
-                prepared.resized_size,
-                cfg["box_head"],
-                float(score_threshold),
-                int(max_detections),
-                class_ids,
-            )
-            lap("detections")
+                return Detections.empty(prepared.original_size, timer.timings)
+            class_probs, box_deltas = timer.lap("box_head", self.box_head(dense, proposals))
+            boxes, scores, labels = timer.lap("detections", self.postprocess_detections(
+                class_probs, box_deltas, proposals, prepared, float(score_threshold), int(max_detections), class_ids))
             if boxes.shape[0] == 0:
-                result.timings = timings
-                return result
-            mask_split = split_by_level(boxes, cfg["mask_head"])
-            # class of each graph row (filler rows get class 0; their output is dropped)
-            ordered_labels = np.where(mask_split.order >= 0, labels[np.maximum(mask_split.order, 0)], 0)
-            mask_probs = mask_split.restore(self.backend.run_mask_head(dense.features, mask_split.rois, ordered_labels))
-            lap("mask_head")
+                return Detections.empty(prepared.original_size, timer.timings)
+            mask_probs = timer.lap("mask_head", self.mask_head(dense, boxes, labels))
         finally:
-            release = getattr(self.backend, "release", None)  # backend wrappers may lack it
-            if release is not None:
-                release(dense)
-        boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
-        masks = self._paste(mask_probs, boxes, prepared)
-        lap("paste")
+            self.backend.release(dense)
+        boxes, masks = timer.lap("paste", self.postprocess(boxes, mask_probs, prepared))
         return Detections(
             boxes=boxes,
             scores=scores.astype(np.float32),
@@ -149,18 +117,72 @@ class Engine:
             labels=[self.class_names[i] for i in labels],
             masks=masks,
             image_size=prepared.original_size,
-            timings=timings,
+            timings=timer.timings,
         )
+
+    # The stages, in order, each under torchvision's name for it (or one that says what it does).
+
+    def transform(self, image: np.ndarray) -> PreparedImage:
+        """GeneralizedRCNNTransform: normalise, resize by the model's rule, pad: (1, 3, Hp, Wp)."""
+        t = self.config.transform
+        return preprocess(image, t.image_mean, t.image_std, t.min_size, t.max_size, t.size_divisible)
+
+    def rpn(self, dense: DenseOutputs, prepared: PreparedImage) -> np.ndarray:
+        """RegionProposalNetwork after its head: proposals (P, 4), padded-image pixels, best first."""
+        proposals, _ = select_proposals(dense.rpn_logits, dense.rpn_deltas, prepared.padded_size,
+                                        prepared.resized_size, self.config.rpn)
+        return proposals
+
+    def box_head(self, dense: DenseOutputs, proposals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RoIHeads' box_roi_pool + box_head + box_predictor on every proposal: class
+        probabilities (P, C) and per-class box deltas (P, 4C), in proposal order."""
+        split = split_by_level(proposals, self.config.box_head)
+        class_probs, box_deltas = self.backend.run_box_head(dense.features, split.rois)
+        return split.restore(class_probs), split.restore(box_deltas)
+
+    def postprocess_detections(self, class_probs, box_deltas, proposals, prepared: PreparedImage,
+                               score_threshold: float, max_detections: int, class_ids=None):
+        """RoIHeads.postprocess_detections: boxes (N, 4) in resized-image pixels, scores (N,), labels (N,)."""
+        return select_detections(class_probs, box_deltas, proposals, prepared.resized_size, self.config.box_head,
+                                 score_threshold, max_detections, class_ids)
+
+    def mask_head(self, dense: DenseOutputs, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """RoIHeads' mask_roi_pool + mask_head + mask_predictor on the N detections only, each
+        box's own class channel: mask probabilities (N, M, M)."""
+        split = split_by_level(boxes, self.config.mask_head)
+        # class of each graph row (filler rows get class 0; their output is dropped)
+        ordered_labels = np.where(split.order >= 0, labels[np.maximum(split.order, 0)], 0)
+        return split.restore(self.backend.run_mask_head(dense.features, split.rois, ordered_labels))
+
+    def postprocess(self, boxes: np.ndarray, mask_probs: np.ndarray, prepared: PreparedImage):
+        """GeneralizedRCNNTransform.postprocess: boxes scaled to the input image, masks pasted
+        into it: (N, 4) float32 and (N, H, W) bool."""
+        boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
+        return boxes, self._paste(mask_probs, boxes, prepared)
 
     def _paste(self, mask_probs, boxes, prepared):
         """torchvision's paste (the default), or the opt-in aligned paste (model.json
         mask_head.paste = "aligned"; see engine.masks.paste_masks_aligned)."""
-        head = self.config["mask_head"]
-        threshold = head.get("mask_threshold", 0.5)
-        if head.get("paste") == "aligned":
+        head = self.config.mask_head
+        threshold = head.mask_threshold
+        if head.paste == "aligned":
             factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
             return paste_masks_aligned(mask_probs, boxes, prepared.original_size, factor, threshold)
         return paste_masks(mask_probs, boxes, prepared.original_size, threshold)
+
+
+class _StageTimer:
+    """Milliseconds per stage: `lap(name, result)` books the time since the previous lap."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, stage: str, result):
+        now = time.perf_counter()
+        self.timings[stage] = (now - self._clock) * 1000.0
+        self._clock = now
+        return result
 
 
 def scale_boxes(boxes: np.ndarray, from_hw, to_hw) -> np.ndarray:

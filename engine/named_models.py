@@ -35,6 +35,8 @@ from urllib.parse import urlparse
 from .errors import ModelDirError
 from .model_dir import MODEL_FORMAT
 
+# torchvision's Mask R-CNN builders that build_engine.py exports (torchvision.models.detection.<arch>).
+ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 # The versions the parity tests pass with (test.sh installs the same; a test checks).
 VERIFIED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may hang longer
@@ -60,9 +62,9 @@ class NamedModel:
 NAMED_MODELS = {
     model.name: model
     for model in (
-        NamedModel("coco-v1", "maskrcnn_resnet50_fpn", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1",
+        NamedModel("coco-v1", ARCHS[0], "MaskRCNN_ResNet50_FPN_Weights.COCO_V1",
                    "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"),
-        NamedModel("coco-v2", "maskrcnn_resnet50_fpn_v2", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
+        NamedModel("coco-v2", ARCHS[1], "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
                    "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"),
     )
 }

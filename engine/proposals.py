@@ -11,6 +11,7 @@ import numpy as np
 
 from .anchors import level_anchors
 from .box_ops import batched_nms, clip_boxes, decode_boxes, remove_small_boxes
+from .model_config import RpnConfig
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -30,14 +31,14 @@ def flatten_rpn_outputs(logits: np.ndarray, deltas: np.ndarray) -> tuple[np.ndar
     return flat_logits, flat_deltas
 
 
-def select_proposals(rpn_logits, rpn_deltas, padded_size, resized_size, rpn) -> tuple[np.ndarray, np.ndarray]:
+def select_proposals(rpn_logits, rpn_deltas, padded_size, resized_size, rpn: RpnConfig) -> tuple[np.ndarray, np.ndarray]:
     """Proposals for the RoI heads.
 
     Args:
         rpn_logits, rpn_deltas: per level, the RPN head's raw outputs (1, A, H, W) / (1, 4A, H, W).
         padded_size: (Hp, Wp) of the network input, which sets the anchor strides.
         resized_size: (h, w) of the image inside the padding; proposals are clipped to it.
-        rpn: the "rpn" section of model.json.
+        rpn: model.json's "rpn" section.
     Returns:
         boxes float32 (P, 4) in padded-image pixels and their objectness probabilities (P,).
     """
@@ -45,10 +46,10 @@ def select_proposals(rpn_logits, rpn_deltas, padded_size, resized_size, rpn) -> 
     for level, (logits, deltas) in enumerate(zip(rpn_logits, rpn_deltas)):
         flat_logits, flat_deltas = flatten_rpn_outputs(logits, deltas)
         anchors = level_anchors(
-            logits.shape[2:], padded_size, rpn["anchor_sizes"][level], rpn["aspect_ratios"][level]
+            logits.shape[2:], padded_size, rpn.anchor_sizes[level], rpn.aspect_ratios[level]
         )
-        top = top_k_indices(flat_logits, min(rpn["pre_nms_top_n"], flat_logits.shape[0]))
-        boxes.append(decode_boxes(flat_deltas[top], anchors[top], rpn["box_coder_weights"], rpn["bbox_xform_clip"]))
+        top = top_k_indices(flat_logits, min(rpn.pre_nms_top_n, flat_logits.shape[0]))
+        boxes.append(decode_boxes(flat_deltas[top], anchors[top], rpn.box_coder_weights, rpn.bbox_xform_clip))
         scores.append(flat_logits[top])
         levels.append(np.full(top.shape[0], level, np.int64))
     boxes = clip_boxes(np.concatenate(boxes), resized_size)
@@ -56,9 +57,9 @@ def select_proposals(rpn_logits, rpn_deltas, padded_size, resized_size, rpn) -> 
     probs = (np.float32(1) / (np.float32(1) + np.exp(-logits))).astype(np.float32)
     levels = np.concatenate(levels)
 
-    keep = remove_small_boxes(boxes, rpn["min_size"])
+    keep = remove_small_boxes(boxes, rpn.min_size)
     boxes, probs, levels = boxes[keep], probs[keep], levels[keep]
-    keep = np.flatnonzero(probs >= np.float32(rpn["score_thresh"]))
+    keep = np.flatnonzero(probs >= np.float32(rpn.score_thresh))
     boxes, probs, levels = boxes[keep], probs[keep], levels[keep]
-    keep = batched_nms(boxes, probs, levels, rpn["nms_thresh"])[: rpn["post_nms_top_n"]]
+    keep = batched_nms(boxes, probs, levels, rpn.nms_thresh)[: rpn.post_nms_top_n]
     return boxes[keep], probs[keep]

@@ -13,13 +13,10 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .detections import format_label  # captions are the API's labels
+
 MASK_ALPHA = 0.5
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def format_label(name: str, score: float) -> str:
-    """The API's label: class name, a space, the score as a rounded whole percent, '%'."""
-    return f"{name} {round(float(score) * 100)}%"
 
 
 def _make_palette(n: int = 48) -> np.ndarray:

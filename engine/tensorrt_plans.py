@@ -1,5 +1,6 @@
-"""TensorRT plans in a model directory: their model.json section, its checks, and the
-optimization-profile shapes. Pure Python (no tensorrt import), so it is tested anywhere.
+"""TensorRT plans in a model directory: their optimization-profile shapes, and whether they can
+run here. Pure Python (no tensorrt import), so it is tested anywhere. model.json's section is
+engine.model_config.TensorRTConfig, checked at load.
 
 model.json gains, once `build_engine.py --tensorrt` has run on a GPU:
 
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import math
 
-from .errors import ModelDirError
+from typing import TYPE_CHECKING
 
-PRECISIONS = ("fp32", "fp16", "int8")
-PLAN_GRAPHS = ("dense", "box_head", "mask_head")
+from .model_config import GRAPHS, PRECISIONS  # noqa: F401  (re-exported for the TensorRT builder)
+
+if TYPE_CHECKING:
+    from .model_config import ModelConfig, TensorRTConfig, TransformConfig
 # Rows per pyramid level the mask head plan takes at most; more detections run in chunks.
 MASK_ROWS_PER_LEVEL = 100
 
@@ -33,7 +36,7 @@ def _round_up(value: float, divisor: int) -> int:
     return int(math.ceil(value / divisor)) * divisor
 
 
-def dense_range(transform: dict) -> tuple[tuple, tuple, tuple]:
+def dense_range(transform: TransformConfig) -> tuple[tuple, tuple, tuple]:
     """(min, opt, max) shapes of the dense graph's `images` (1, 3, H, W) for any photo.
 
     The resize rule puts the short side at most at min_size and the long side at most at
@@ -41,23 +44,22 @@ def dense_range(transform: dict) -> tuple[tuple, tuple, tuple]:
     H and W each lie in [size_divisible, roundup(max_size)] (a very elongated photo can have
     a 1-pixel short side). opt is a 4:3 landscape photo, the commonest: 800x1088 for R50.
     """
-    d = int(transform["size_divisible"])
-    low, high = d, _round_up(transform["max_size"], d)
-    short = int(transform["min_size"])
+    d = transform.size_divisible
+    low, high = d, _round_up(transform.max_size, d)
+    short = transform.min_size
     opt_h = min(_round_up(short, d), high)
-    opt_w = min(_round_up(min(int(short * 4 / 3), transform["max_size"]), d), high)
+    opt_w = min(_round_up(min(int(short * 4 / 3), transform.max_size), d), high)
     return (1, 3, low, low), (1, 3, opt_h, opt_w), (1, 3, high, high)
 
 
-def feature_strides(config: dict) -> dict[str, int]:
+def feature_strides(config: ModelConfig) -> dict[str, int]:
     """Stride of each pooled feature map (model.json "features" order), from the RoIAlign
     scales of the heads that pool it (scale 1/4 -> stride 4)."""
     strides: dict[str, int] = {}
-    for head in ("box_head", "mask_head"):
-        pool = config[head]
-        for index, scale in zip(pool["feature_indices"], pool["scales"]):
-            strides[config["features"][index]] = int(round(1.0 / float(scale)))
-    missing = [n for n in config["features"] if n not in strides]
+    for pool in (config.box_head, config.mask_head):
+        for index, scale in zip(pool.feature_indices, pool.scales):
+            strides[config.features[index]] = int(round(1.0 / scale))
+    missing = [n for n in config.features if n not in strides]
     if missing:
         raise ValueError(f"no RoIAlign scale for features {missing}")
     return strides
@@ -68,7 +70,7 @@ def _feature_dims(side: int, stride: int) -> int:
     return int(math.ceil(side / stride))
 
 
-def profile_shapes(config: dict, mask_rows_per_level: int = MASK_ROWS_PER_LEVEL) -> dict[str, dict[str, list]]:
+def profile_shapes(config: ModelConfig, mask_rows_per_level: int = MASK_ROWS_PER_LEVEL) -> dict[str, dict[str, list]]:
     """Optimization-profile shapes for every dynamic input of the three graphs.
 
     Returns {graph: {input: [min, opt, max]}}, each a list of dims; -1 marks a dim the
@@ -77,16 +79,16 @@ def profile_shapes(config: dict, mask_rows_per_level: int = MASK_ROWS_PER_LEVEL)
     post_nms_top_n (box head; every proposal may fall on one level) or mask_rows_per_level
     (mask head; the engine chunks larger requests); class_ids (sum Rj,).
     """
-    lo, opt, hi = dense_range(config["transform"])
+    lo, opt, hi = dense_range(config.transform)
     strides = feature_strides(config)
     features = {
         name: [[1, -1, _feature_dims(shape[2], s), _feature_dims(shape[3], s)] for shape in (lo, opt, hi)]
         for name, s in strides.items()
     }
     result = {"dense": {"images": [list(lo), list(opt), list(hi)]}}
-    proposals = int(config["rpn"]["post_nms_top_n"])
-    for graph, rows in (("box_head", proposals), ("mask_head", int(mask_rows_per_level))):
-        levels = len(config[graph]["scales"])
+    proposals = config.rpn.post_nms_top_n
+    for graph, pool, rows in (("box_head", config.box_head, proposals), ("mask_head", config.mask_head, int(mask_rows_per_level))):
+        levels = len(pool.scales)
         rows = max(rows, 1)
         opt_rows = max(1, -(-rows // levels)) if graph == "box_head" else max(1, min(rows, 8))
         shapes = {name: [list(d) for d in dims] for name, dims in features.items()}
@@ -113,38 +115,17 @@ def merge_shape(ours: list, declared) -> tuple:
     return tuple(merged)
 
 
-def validate_section(section, meta) -> None:
-    """Raise ModelDirError unless model.json's "tensorrt" section is well formed."""
-    if not isinstance(section, dict):
-        raise ModelDirError(f"{meta}: 'tensorrt' must be an object")
-    if section.get("precision") not in PRECISIONS:
-        raise ModelDirError(f"{meta}: tensorrt.precision must be one of {PRECISIONS}, not {section.get('precision')!r}")
-    for key in ("tensorrt_version", "gpu_name", "compute_capability"):
-        if not isinstance(section.get(key), str) or not section[key]:
-            raise ModelDirError(f"{meta}: tensorrt.{key} is missing")
-    slots = section.get("profiles_per_plan", 1)
-    if not isinstance(slots, int) or slots < 1:
-        raise ModelDirError(f"{meta}: tensorrt.profiles_per_plan must be a positive integer")
-    plans = section.get("plans")
-    if not isinstance(plans, dict):
-        raise ModelDirError(f"{meta}: tensorrt.plans is missing")
-    for graph in PLAN_GRAPHS:
-        entry = plans.get(graph)
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise ModelDirError(f"{meta}: tensorrt.plans has no entry for the {graph} graph")
-
-
-def incompatibility(section: dict, tensorrt_version: str, device: dict) -> str | None:
+def incompatibility(section: TensorRTConfig, tensorrt_version: str, device: dict) -> str | None:
     """Why plans described by `section` cannot run with this TensorRT on this GPU, or None.
 
     A plan is tied to the TensorRT version that built it and to the GPU architecture
     (compute capability); the GPU's marketing name may differ (same architecture, other
     memory size), which TensorRT accepts.
     """
-    built = f"built with TensorRT {section['tensorrt_version']} for {section['gpu_name']} (sm {section['compute_capability']})"
-    if section["tensorrt_version"] != tensorrt_version:
+    built = f"built with TensorRT {section.tensorrt_version} for {section.gpu_name} (sm {section.compute_capability})"
+    if section.tensorrt_version != tensorrt_version:
         return f"the TensorRT plans were {built}, this is TensorRT {tensorrt_version}: rebuild them here"
-    if section["compute_capability"] != device["compute_capability"]:
+    if section.compute_capability != device["compute_capability"]:
         return (f"the TensorRT plans were {built}, this GPU is {device['name']} (sm {device['compute_capability']}): "
                 "rebuild them here")
     return None

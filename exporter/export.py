@@ -8,6 +8,7 @@ temporary sibling directory and renamed into place, so a failed export leaves no
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from engine.masks import PASTE_MODES
-from engine.model_dir import MODEL_FORMAT, sha256_of
+from engine.model_config import (GRAPHS, MODEL_FORMAT, PASTE_MODES, BoxHeadConfig, GraphFile, GraphFiles, MaskHeadConfig,
+                                 ModelConfig, RoIPoolConfig, RpnConfig, TransformConfig)
+from engine.model_dir import sha256_of
 
 from .graphs import BoxHeadGraph, DenseGraph, MaskHeadGraph
 
@@ -40,8 +42,9 @@ def _infer_scale(feature_hw, image_hw) -> float:
     return 2.0 ** float(torch.tensor(approx).log2().round())
 
 
-def _sizes(value) -> list:
-    return [list(v) if isinstance(v, (tuple, list)) else v for v in value]
+def _sizes(value) -> tuple:
+    """Anchor sizes or aspect ratios per level, as tuples of floats."""
+    return tuple(tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else (float(v),) for v in value)
 
 
 def _export_graph(module, args, path, input_names, output_names, dynamic_axes):
@@ -121,20 +124,18 @@ def export(
     pooled_names = [n for n in backbone_names if n in box_pool.featmap_names or n in mask_pool.featmap_names]
     image_hw = dummy.shape[-2:]
 
-    def pool_settings(pool):
-        levels = [pooled_names.index(n) for n in pool.featmap_names]
-        scales = [_infer_scale(features[n].shape[-2:], image_hw) for n in pool.featmap_names]
+    def pool_settings(pool) -> RoIPoolConfig:
         size = pool.output_size
-        size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-        return {
-            "featmap_names": list(pool.featmap_names),
-            "feature_indices": levels,
-            "scales": scales,
-            "output_size": size,
-            "sampling_ratio": int(pool.sampling_ratio),
-            "canonical_scale": int(getattr(pool, "canonical_scale", 224)),
-            "canonical_level": int(getattr(pool, "canonical_level", 4)),
-        }
+        size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+        return RoIPoolConfig(
+            featmap_names=tuple(pool.featmap_names),
+            feature_indices=tuple(pooled_names.index(n) for n in pool.featmap_names),
+            scales=tuple(_infer_scale(features[n].shape[-2:], image_hw) for n in pool.featmap_names),
+            output_size=size,
+            sampling_ratio=int(pool.sampling_ratio),
+            canonical_scale=int(getattr(pool, "canonical_scale", 224)),
+            canonical_level=int(getattr(pool, "canonical_level", 4)),
+        )
 
     box_settings, mask_settings = pool_settings(box_pool), pool_settings(mask_pool)
     num_levels = len(backbone_names)
@@ -174,7 +175,7 @@ def export(
             start=2,
         ):
             _log(f"[{step}/3] exporting {filename[:-5].replace('_', ' ')} graph...", quiet)
-            rois = [sample_rois(2 + j) for j in range(len(settings["featmap_names"]))]
+            rois = [sample_rois(2 + j) for j in range(len(settings.featmap_names))]
             roi_names = [f"rois_{j}" for j in range(len(rois))]
             args = [*feature_inputs, *rois]
             axes = {**feature_axes, **{n: {0: f"{n}_count"} for n in roi_names}}
@@ -186,67 +187,61 @@ def export(
             module = graph_cls(
                 model,
                 len(pooled_names),
-                settings["feature_indices"],
-                settings["scales"],
-                tuple(settings["output_size"]),
-                settings["sampling_ratio"],
+                list(settings.feature_indices),
+                list(settings.scales),
+                settings.output_size,
+                settings.sampling_ratio,
             )
             _export_graph(module, tuple(args), staging / filename, feature_outputs + roi_names + extra_in, out_names, axes)
 
         with torch.no_grad():
-            probe = heads.mask_predictor(heads.mask_head(torch.zeros(1, features[pooled_names[0]].shape[1], *mask_settings["output_size"])))
+            probe = heads.mask_predictor(heads.mask_head(torch.zeros(1, features[pooled_names[0]].shape[1], *mask_settings.output_size)))
         mask_size = int(probe.shape[-1])
 
         import onnx
         import torchvision
 
-        config = {
-            "format": MODEL_FORMAT,
-            "name": name or output_dir.name,
-            "arch": arch,
-            "class_names": class_names,
-            "weights": weights_info or {"source": "unknown", "trained": True},
-            "transform": {
-                "image_mean": [float(v) for v in transform.image_mean],
-                "image_std": [float(v) for v in transform.image_std],
-                "min_size": int(transform.min_size[-1]),
-                "max_size": int(transform.max_size),
-                "size_divisible": int(divisor),
-            },
-            "rpn": {
-                "anchor_sizes": _sizes(rpn.anchor_generator.sizes),
-                "aspect_ratios": _sizes(rpn.anchor_generator.aspect_ratios),
-                "pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
-                "post_nms_top_n": int(rpn._post_nms_top_n["testing"]),
-                "nms_thresh": float(rpn.nms_thresh),
-                "score_thresh": float(rpn.score_thresh),
-                "min_size": float(rpn.min_size),
-                "box_coder_weights": [float(w) for w in rpn.box_coder.weights],
-                "bbox_xform_clip": float(rpn.box_coder.bbox_xform_clip),
-            },
-            "box_head": {
-                **box_settings,
-                "box_coder_weights": [float(w) for w in heads.box_coder.weights],
-                "bbox_xform_clip": float(heads.box_coder.bbox_xform_clip),
-                "score_thresh": float(heads.score_thresh),
-                "nms_thresh": float(heads.nms_thresh),
-                "detections_per_img": int(heads.detections_per_img),
-            },
-            "mask_head": {**mask_settings, "mask_size": mask_size, "mask_threshold": 0.5, "paste": mask_paste},
-            "features": feature_outputs,
-            "graphs": {
-                key: {"file": f"{key}.onnx", "sha256": sha256_of(staging / f"{key}.onnx")}
-                for key in ("dense", "box_head", "mask_head")
-            },
-            "tools": {
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "onnx": onnx.__version__,
-                "opset": OPSET,
-            },
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        (staging / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = ModelConfig(
+            format=MODEL_FORMAT,
+            name=name or output_dir.name,
+            arch=arch,
+            class_names=tuple(class_names),
+            weights=weights_info or {"source": "unknown", "trained": True},
+            transform=TransformConfig(
+                image_mean=tuple(float(v) for v in transform.image_mean),
+                image_std=tuple(float(v) for v in transform.image_std),
+                min_size=int(transform.min_size[-1]),
+                max_size=int(transform.max_size),
+                size_divisible=int(divisor),
+            ),
+            rpn=RpnConfig(
+                anchor_sizes=_sizes(rpn.anchor_generator.sizes),
+                aspect_ratios=_sizes(rpn.anchor_generator.aspect_ratios),
+                pre_nms_top_n=int(rpn._pre_nms_top_n["testing"]),
+                post_nms_top_n=int(rpn._post_nms_top_n["testing"]),
+                nms_thresh=float(rpn.nms_thresh),
+                score_thresh=float(rpn.score_thresh),
+                min_size=float(rpn.min_size),
+                box_coder_weights=tuple(float(w) for w in rpn.box_coder.weights),
+                bbox_xform_clip=float(rpn.box_coder.bbox_xform_clip),
+            ),
+            box_head=BoxHeadConfig(
+                **dataclasses.asdict(box_settings),
+                box_coder_weights=tuple(float(w) for w in heads.box_coder.weights),
+                bbox_xform_clip=float(heads.box_coder.bbox_xform_clip),
+                score_thresh=float(heads.score_thresh),
+                nms_thresh=float(heads.nms_thresh),
+                detections_per_img=int(heads.detections_per_img),
+            ),
+            mask_head=MaskHeadConfig(**dataclasses.asdict(mask_settings), mask_size=mask_size, mask_threshold=0.5, paste=mask_paste),
+            features=tuple(feature_outputs),
+            graphs=GraphFiles(**{key: GraphFile(file=f"{key}.onnx", sha256=sha256_of(staging / f"{key}.onnx"))
+                                 for key in GRAPHS}),
+            tools={"torch": torch.__version__, "torchvision": torchvision.__version__, "onnx": onnx.__version__,
+                   "opset": OPSET},
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        (staging / "model.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
         os.chmod(staging, 0o755)
         if output_dir.exists():
             shutil.rmtree(output_dir)

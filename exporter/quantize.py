@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.backends.base import Backend
+from engine.model_config import GRAPHS, GraphFile, GraphFiles, QuantizationConfig
+from engine.model_dir import ModelDir, sha256_of
+
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -51,7 +55,7 @@ def load_calibration_images(directory: Path, limit: int = 16) -> list[np.ndarray
     return [decode_image(p.read_bytes()) for p in paths]
 
 
-class _RecordingBackend:
+class _RecordingBackend(Backend):
     """Wraps a backend and records the inputs of every graph run, as numpy feeds."""
 
     def __init__(self, backend):
@@ -74,6 +78,9 @@ class _RecordingBackend:
         feed = {**self._features(features), **{f"rois_{j}": r for j, r in enumerate(rois)}}
         self.feeds["mask_head"].append({**feed, "class_ids": class_ids.astype(np.int64)})
         return self._backend.run_mask_head(features, rois, class_ids)
+
+    def release(self, dense):
+        self._backend.release(dense)
 
 
 def collect_feeds(model_dir: Path, images: list[np.ndarray], score_threshold: float = 0.05) -> dict[str, list[dict]]:
@@ -195,24 +202,23 @@ class _Reader:
         self._iter = iter(self._feeds[start_index:end_index])
 
 
-def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], quiet: bool = False) -> dict:
+def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], quiet: bool = False) -> QuantizationConfig:
     """Write INT8 versions of fp32_dir's graphs into out_dir (which holds a copy of fp32_dir)
     and update out_dir/model.json. Returns the quantization record stored there."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .export import sha256_of
-
     feeds = collect_feeds(fp32_dir, images)
-    config = json.loads((out_dir / "model.json").read_text())
+    config = ModelDir.open(out_dir, verify_checksums=False).config
     fp32_layers: dict[str, list[str]] = {}
-    for key in ("dense", "box_head", "mask_head"):
+    graphs: dict[str, GraphFile] = {}
+    for key in GRAPHS:
         if not feeds[key]:
             raise ValueError(f"the calibration images gave the {key} graph no input (no proposals or detections)")
         if not quiet:
             print(f"quantizing the {key} graph on {len(feeds[key])} calibration inputs...", file=sys.stderr, flush=True)
-        target = out_dir / config["graphs"][key]["file"]
+        target = out_dir / config.graphs[key].file
         source = out_dir / f"{key}.fp32-private-initializers.onnx"
-        materialize_shared_initializers(fp32_dir / config["graphs"][key]["file"], source)
+        materialize_shared_initializers(fp32_dir / config.graphs[key].file, source)
         fp32_layers[key] = output_layers(source)
         quantize_static(
             str(source),
@@ -229,16 +235,16 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
         )
         source.unlink()
         read_shapes_before_dequantize(target)
-        config["graphs"][key]["sha256"] = sha256_of(target)
-    record = {
-        "precision": "int8",
-        "format": "QDQ, U8 activations, S8 per-channel weights",
-        "ops": QUANTIZED_OPS,
-        "fp32_layers": fp32_layers,
-        "calibration": {"method": "MinMax", "images": len(images)},
-    }
-    config["quantization"] = record
-    (out_dir / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+        graphs[key] = GraphFile(file=config.graphs[key].file, sha256=sha256_of(target))
+    record = QuantizationConfig(
+        precision="int8",
+        format="QDQ, U8 activations, S8 per-channel weights",
+        ops=tuple(QUANTIZED_OPS),
+        fp32_layers=fp32_layers,
+        calibration={"method": "MinMax", "images": len(images)},
+    )
+    config = config.replace(graphs=GraphFiles(**graphs), quantization=record)
+    (out_dir / "model.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
     return record
 
 

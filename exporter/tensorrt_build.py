@@ -30,7 +30,8 @@ import numpy as np
 
 from engine import cuda_memory
 from engine.model_dir import ModelDir, sha256_of
-from engine.tensorrt_plans import PLAN_GRAPHS, PRECISIONS, dense_range, incompatibility, merge_shape, profile_shapes
+from engine.model_config import GRAPHS, PRECISIONS, GraphFile, GraphFiles, TensorRTConfig
+from engine.tensorrt_plans import dense_range, incompatibility, merge_shape, profile_shapes
 
 
 class TensorRTBuildError(Exception):
@@ -67,7 +68,7 @@ def writable_copy(source, target) -> Path:
             old = json.loads((target / "model.json").read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        if old.get("graphs") == src.config["graphs"]:
+        if old.get("graphs") == src.config.graphs.to_json():
             return target
         shutil.rmtree(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def _up_to_date(model_dir: ModelDir, precision: str, trt_version: str, device: d
     section = model_dir.tensorrt
     return (
         section is not None
-        and section["precision"] == precision
+        and section.precision == precision
         and incompatibility(section, trt_version, device) is None
     )
 
@@ -93,14 +94,14 @@ def _calibration_batches(model_dir: ModelDir, images_dir: Path, shape: tuple) ->
     from engine.image_io import decode_image
     from engine.preprocess import preprocess
 
-    t = model_dir.config["transform"]
+    t = model_dir.config.transform
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise TensorRTBuildError(f"{images_dir} holds no .jpg/.jpeg/.png photos to calibrate with")
     batches = []
     for path in files:
-        tensor = preprocess(decode_image(path.read_bytes()), t["image_mean"], t["image_std"], t["min_size"],
-                            t["max_size"], t["size_divisible"]).tensor
+        tensor = preprocess(decode_image(path.read_bytes()), t.image_mean, t.image_std, t.min_size,
+                            t.max_size, t.size_divisible).tensor
         canvas = np.zeros(shape, np.float32)
         h, w = min(shape[2], tensor.shape[2]), min(shape[3], tensor.shape[3])
         canvas[:, :, :h, :w] = tensor[:, :, :h, :w]
@@ -141,10 +142,10 @@ def _calibrator(trt, batches: list[np.ndarray], cache: Path):
 
 
 def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: int = 2,
-                if_missing: bool = False, quiet: bool = False) -> dict:
+                if_missing: bool = False, quiet: bool = False) -> TensorRTConfig:
     """Build the three plans into `model_dir` and record them in its model.json.
 
-    Returns the model.json "tensorrt" section. Raises TensorRTBuildError (one line) when
+    Returns model.json's new "tensorrt" section. Raises TensorRTBuildError (one line) when
     TensorRT, the GPU, the precision or a graph says no.
     """
     if precision not in PRECISIONS:
@@ -172,9 +173,9 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     shapes = profile_shapes(directory.config)
-    written: dict[str, dict] = {}
+    written: dict[str, GraphFile] = {}
     path = directory.path
-    for step, graph in enumerate(PLAN_GRAPHS, start=1):
+    for step, graph in enumerate(GRAPHS, start=1):
         _log(f"[{step}/3] building the {graph} TensorRT plan ({precision}, {slots} profiles; minutes)...", quiet)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, logger)
@@ -201,7 +202,7 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
         calibrator = None
         if precision == "int8" and graph == "dense":
             config.set_flag(trt.BuilderFlag.INT8)
-            opt = tuple(dense_range(directory.config["transform"])[1])
+            opt = tuple(dense_range(directory.config.transform)[1])
             calibrator = _calibrator(trt, _calibration_batches(directory, Path(calib_images), opt),
                                      path / f".{graph}.int8.calibration")
             config.int8_calibrator = calibrator
@@ -213,29 +214,28 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
         staging = path / f".{name}.partial"
         staging.write_bytes(bytes(serialized))
         os.replace(staging, path / name)
-        written[graph] = {"file": name, "sha256": sha256_of(path / name)}
+        written[graph] = GraphFile(file=name, sha256=sha256_of(path / name))
         del calibrator
 
-    section = {
-        "precision": precision,
-        "int8_graphs": ["dense"] if precision == "int8" else [],
-        "tensorrt_version": trt.__version__,
-        "gpu_name": device["name"],
-        "compute_capability": device["compute_capability"],
-        "profiles_per_plan": slots,
-        "plans": written,
-        "profiles": shapes,
-        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    old = directory.tensorrt or {}
-    config = dict(directory.config, tensorrt=section)
+    section = TensorRTConfig(
+        precision=precision,
+        int8_graphs=("dense",) if precision == "int8" else (),
+        tensorrt_version=trt.__version__,
+        gpu_name=device["name"],
+        compute_capability=device["compute_capability"],
+        profiles_per_plan=slots,
+        plans=GraphFiles(**written),
+        profiles=shapes,
+        built=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    old = directory.tensorrt
     meta = path / "model.json"
     staging = path / ".model.json.partial"
-    staging.write_text(json.dumps(config, indent=2) + "\n")
+    staging.write_text(json.dumps(directory.config.replace(tensorrt=section).to_json(), indent=2) + "\n")
     os.replace(staging, meta)  # model.json changes at once or not at all
-    for entry in (old.get("plans") or {}).values():  # plans of an earlier precision
-        stale = path / entry["file"]
-        if entry["file"] not in {w["file"] for w in written.values()} and stale.is_file():
+    for _, entry in old.plans.items() if old else ():  # plans of an earlier precision
+        stale = path / entry.file
+        if entry.file not in {w.file for w in written.values()} and stale.is_file():
             stale.unlink()
     _log(f"TensorRT {precision} plans for {device['name']} written to {path}", quiet)
     return section

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from engine.named_models import download_hint, unreachable_reason  # torch-free: `serve --model` probes too
-
-ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+# torch-free, so `serve --model` shares them: the architectures, the download probe and its message
+from engine.named_models import ARCHS, download_hint, unreachable_reason
 
 
 class WeightsError(Exception):
@@ -35,10 +34,8 @@ def coco_weights(arch: str):
     import torchvision.models.detection as detection
 
     _builder(arch)  # an unknown arch is a WeightsError, not a KeyError
-    return {
-        "maskrcnn_resnet50_fpn": detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-        "maskrcnn_resnet50_fpn_v2": detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-    }[arch]
+    return dict(zip(ARCHS, (detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+                            detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1)))[arch]
 
 
 def hub_checkpoint(url: str) -> Path:

@@ -80,8 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int,
                         help="HTTP threads (default: inference workers + queue size + 2, so that "
                              "/ping always has a free thread)")
-    parser.add_argument("--backend", default=os.environ.get("MASKRCNN_BACKEND", "auto"),
-                        help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
+    parser.add_argument("--backend", help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.weights and not args.model:
@@ -113,19 +112,15 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, workers: int,
+def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, config: ServerConfig,
                  stop: threading.Event, failed: threading.Event) -> None:
     """Load and warm up the engine, then fill the slot (/ping turns 200); on error, stop."""
     start = time.perf_counter()
     try:
-        from engine import Engine
-        from engine.backends.onnxruntime_cpu import default_threads
+        from engine import Engine, default_threads
 
-        # One worker: the backend's default (the cores this process may use, or
-        # MASKRCNN_THREADS). Several: share those among them rather than oversubscribe.
-        threads = None if workers == 1 else max(1, default_threads() // workers)
-
-        engine = Engine.load(model_dir, backend=backend, threads=threads)
+        engine = Engine.load(model_dir, backend=backend, threads=config.threads_per_worker(default_threads()),
+                             cuda_tf32=config.cuda_tf32)
         engine.warmup()
     except EngineError as exc:  # the message names the missing or broken file
         logger.error("could not load the model from %s: %s", model_dir, exc)
@@ -182,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                 extra={"fields": {"model_dir": str(model_dir), "threads": threads,
                                   "workers": config.workers, "queue_size": config.queue_size,
                                   "max_body_bytes": config.max_body_bytes}})
-    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend, config.workers, stop, failed),
+    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend, config, stop, failed),
                      name="model-loader", daemon=True).start()
     serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S)
     logger.info("stopped")

@@ -12,6 +12,14 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | timeout_s         | SAGEMAKER_MODEL_SERVER_TIMEOUT                            | 60               |
 | default_accept    | SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT                      | application/json |
 | retry_after_s     | MASKRCNN_RETRY_AFTER_S (Retry-After of a 503)             | 2                |
+| backend           | MASKRCNN_BACKEND (--backend wins)                         | auto             |
+| threads           | MASKRCNN_THREADS (inference threads, shared by workers)   | usable cores     |
+| cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
+
+The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
+server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
+read where they are resolved; Dockerfile.gpu's start script reads MASKRCNN_TENSORRT and
+MASKRCNN_PLAN_CACHE. README.md lists them all.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.media_types import JSON, RESPONSE_TYPES
 from engine.model_defaults import DEFAULT_MODEL_DIR  # noqa: F401  (the engine owns it; serve's default too)
 
 MIB = 1024 * 1024
@@ -33,14 +42,13 @@ DEFAULT_MAX_MEGAPIXELS = 40.0
 DEFAULT_WORKERS = 1
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_TIMEOUT_S = 60.0  # SageMaker gives /invocations 60 s
-DEFAULT_ACCEPT = "application/json"
+DEFAULT_ACCEPT = JSON
 DEFAULT_RETRY_AFTER_S = 2
 # HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
 SPARE_HTTP_THREADS = 2
 # Limits fixed by the API rather than by deployment.
 MAX_CUSTOM_ATTRIBUTES_CHARS = 1024  # SageMaker's limit for X-Amzn-SageMaker-Custom-Attributes
 MAX_DETECTIONS_LIMIT = 1000
-RESPONSE_TYPES = ("application/json", "image/jpeg", "image/png")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,9 @@ class ServerConfig:
     default_accept: str = DEFAULT_ACCEPT
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
     jpeg_quality: int = 90
+    backend: str = "auto"
+    threads: int | None = None  # None: every core this process may use
+    cuda_tf32: bool = False
 
     def __post_init__(self):
         if self.max_body_bytes < 1:
@@ -67,6 +78,8 @@ class ServerConfig:
             raise ValueError(f"queue_size must be 0 or more, got {self.queue_size}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.default_accept not in RESPONSE_TYPES:
             raise ValueError(f"default_accept must be one of {', '.join(RESPONSE_TYPES)}, "
                              f"got {self.default_accept!r}")
@@ -75,6 +88,11 @@ class ServerConfig:
     def max_payload_mb(self) -> int:
         """The body limit in whole MiB, as Batch Transform's MaxPayloadInMB wants it."""
         return max(1, math.floor(self.max_body_bytes / MIB))
+
+    def threads_per_worker(self, available: int) -> int:
+        """Inference threads for each worker: `threads` (else `available`, the usable cores)
+        shared among the workers rather than oversubscribed."""
+        return max(1, (self.threads or available) // self.workers)
 
     @property
     def http_threads(self) -> int:
@@ -95,12 +113,20 @@ class ServerConfig:
             ("queue_size", "MASKRCNN_QUEUE_SIZE", int),
             ("timeout_s", "SAGEMAKER_MODEL_SERVER_TIMEOUT", float),
             ("retry_after_s", "MASKRCNN_RETRY_AFTER_S", int),
+            ("threads", "MASKRCNN_THREADS", int),
         ]:
             if name in environ:
                 kw[key] = _number(environ, name, kind)
         accept = environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip().lower()
         if accept:
             kw["default_accept"] = accept
+        if environ.get("MASKRCNN_BACKEND", "").strip():
+            kw["backend"] = environ["MASKRCNN_BACKEND"].strip()
+        tf32 = environ.get("MASKRCNN_CUDA_TF32", "").strip()
+        if tf32:
+            if tf32 not in ("0", "1"):
+                raise ValueError(f"environment variable MASKRCNN_CUDA_TF32={tf32!r} must be 0 or 1")
+            kw["cuda_tf32"] = tf32 == "1"
         try:
             return cls(**kw)
         except ValueError as exc:

@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from engine.media_types import IMAGE_FORMATS, JPEG, JSON, PNG, RESPONSE_TYPES
+
 from .config import MAX_CUSTOM_ATTRIBUTES_CHARS, MAX_DETECTIONS_LIMIT
 from .errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
@@ -20,19 +22,13 @@ CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 # Request Content-Type -> the image format it promises; None: sniffed from the bytes.
 # (The bytes are always sniffed when decoding; this table only decides what is accepted.)
 REQUEST_TYPES = {
-    "image/jpeg": "jpeg",
+    **IMAGE_FORMATS,
     "image/jpg": "jpeg",  # not registered, but common in the wild
-    "image/png": "png",
     "application/x-image": None,
 }
 # response_type values in the custom attributes -> response media type.
-RESPONSE_TYPE_NAMES = {
-    "json": "application/json",
-    "jpeg": "image/jpeg",
-    "jpg": "image/jpeg",
-    "png": "image/png",
-}
-OFFERED = ("application/json", "image/jpeg", "image/png")
+RESPONSE_TYPE_NAMES = {"json": JSON, "jpeg": JPEG, "jpg": JPEG, "png": PNG}
+OFFERED = RESPONSE_TYPES
 INCLUDABLE = ("scores", "class_ids", "masks")
 MASK_FORMATS = {"rle": "rle", "polygon": "polygon", "polygons": "polygon"}
 _PLACEHOLDER_CLASSES = ("__background__", "N/A")  # torchvision's COCO list has these

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass
 
 from engine.image_io import decode_image
-from engine.render import encode_image, format_label, render_detections
+from engine.detections import format_label
+from engine.media_types import IMAGE_FORMATS, JSON
+from engine.render import encode_image, render_detections
 
 from .mask_encoding import MASK_ENCODERS
 from .negotiation import RequestOptions
@@ -59,11 +61,7 @@ def _image_body(fmt: str):
     return encode
 
 
-ENCODERS = {
-    "application/json": _json_body,
-    "image/jpeg": _image_body("jpeg"),
-    "image/png": _image_body("png"),
-}
+ENCODERS = {JSON: _json_body, **{media_type: _image_body(fmt) for media_type, fmt in IMAGE_FORMATS.items()}}
 
 
 def run_invocation(engine, data: bytes, options: RequestOptions, response_type: str,

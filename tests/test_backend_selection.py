@@ -6,6 +6,7 @@ the CUDA layer's errors, and `build_engine.py --tensorrt` failing cleanly withou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -30,13 +31,18 @@ from engine.tensorrt_plans import dense_range, feature_strides, incompatibility,
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
-R50_CONFIG = {
-    "transform": {"min_size": 800, "max_size": 1333, "size_divisible": 32},
-    "features": ["feature_0", "feature_1", "feature_2", "feature_3"],
-    "rpn": {"post_nms_top_n": 1000},
-    "box_head": {"feature_indices": [0, 1, 2, 3], "scales": [0.25, 0.125, 0.0625, 0.03125]},
-    "mask_head": {"feature_indices": [0, 1, 2, 3], "scales": [0.25, 0.125, 0.0625, 0.03125]},
-}
+
+
+def _r50_config():
+    """The demo model's config with R50's resize rule and RPN top-n (the same four pooled levels)."""
+    demo = ModelDir.open(DEMO, verify_checksums=False).config
+    assert demo.features == ("feature_0", "feature_1", "feature_2", "feature_3")
+    assert demo.box_head.scales == demo.mask_head.scales == (0.25, 0.125, 0.0625, 0.03125)
+    return demo.replace(transform=dataclasses.replace(demo.transform, min_size=800, max_size=1333, size_divisible=32),
+                        rpn=dataclasses.replace(demo.rpn, post_nms_top_n=1000))
+
+
+R50_CONFIG = _r50_config()
 
 
 # -- listing and auto ----------------------------------------------------------------------
@@ -127,12 +133,12 @@ def test_engine_backends_command_lists_every_backend_and_the_auto_choice():
 
 
 def test_tensorrt_section_is_validated(tmp_path):
-    assert ModelDir.open(_with_plans(tmp_path / "ok")).tensorrt["precision"] == "fp16"
+    assert ModelDir.open(_with_plans(tmp_path / "ok")).tensorrt.precision == "fp16"
     with pytest.raises(ModelDirError, match="tensorrt.precision"):
         ModelDir.open(_with_plans(tmp_path / "p", precision="fp8"))
     with pytest.raises(ModelDirError, match="tensorrt.gpu_name"):
         ModelDir.open(_with_plans(tmp_path / "g", gpu_name=""))
-    with pytest.raises(ModelDirError, match="no entry for the box_head"):
+    with pytest.raises(ModelDirError, match=r"tensorrt\.plans\.box_head is missing"):
         ModelDir.open(_with_plans(tmp_path / "m", plans={"dense": {"file": "dense.fp16.plan"}}))
     broken = _with_plans(tmp_path / "corrupt")
     (broken / "box_head.fp16.plan").write_bytes(b"changed")
@@ -143,8 +149,9 @@ def test_tensorrt_section_is_validated(tmp_path):
         ModelDir.open(broken)
 
 
-def test_incompatibility_names_what_differs():
-    section = {"tensorrt_version": "10.8.0.43", "gpu_name": "Tesla T4", "compute_capability": "7.5"}
+def test_incompatibility_names_what_differs(tmp_path):
+    section = dataclasses.replace(ModelDir.open(_with_plans(tmp_path)).tensorrt, tensorrt_version="10.8.0.43",
+                                  gpu_name="Tesla T4", compute_capability="7.5")
     assert incompatibility(section, "10.8.0.43", {"name": "Tesla T4", "compute_capability": "7.5"}) is None
     assert "TensorRT 10.8.0.43" in incompatibility(section, "10.3.0.26", {"name": "Tesla T4", "compute_capability": "7.5"})
     reason = incompatibility(section, "10.8.0.43", {"name": "NVIDIA L4", "compute_capability": "8.9"})
@@ -158,7 +165,7 @@ def test_writable_copy_links_the_graphs_and_follows_a_new_model(tmp_path):
     shutil.copytree(DEMO, source)
     copy = writable_copy(source, tmp_path / "cache")
     assert (copy / "dense.onnx").is_symlink() and not (copy / "model.json").is_symlink()
-    assert ModelDir.open(copy).config["graphs"] == ModelDir.open(source).config["graphs"]
+    assert ModelDir.open(copy).config.graphs == ModelDir.open(source).config.graphs
     (copy / "marker").write_text("plans would be here")
     assert (writable_copy(source, copy) / "marker").exists()  # same graphs: kept
     config = json.loads((source / "model.json").read_text())
@@ -172,7 +179,7 @@ def test_writable_copy_links_the_graphs_and_follows_a_new_model(tmp_path):
 
 
 def test_dense_profile_covers_every_photo_of_the_resize_rule():
-    low, opt, high = dense_range(R50_CONFIG["transform"])
+    low, opt, high = dense_range(R50_CONFIG.transform)
     assert low == (1, 3, 32, 32) and opt == (1, 3, 800, 1088) and high == (1, 3, 1344, 1344)
     from engine.preprocess import resized_size
 
@@ -202,16 +209,16 @@ def test_profiles_contain_the_feature_shapes_the_graphs_really_make(size):
     config = directory.config
     from engine.preprocess import preprocess
 
-    t = config["transform"]
+    t = config.transform
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-    tensor = preprocess(image, t["image_mean"], t["image_std"], t["min_size"], t["max_size"], t["size_divisible"]).tensor
+    tensor = preprocess(image, t.image_mean, t.image_std, t.min_size, t.max_size, t.size_divisible).tensor
     low, _, high = dense_range(t)
     assert all(lo <= s <= hi for s, lo, hi in zip(tensor.shape, low, high))
     dense = backend.run_dense(tensor)
     shapes = profile_shapes(config)["box_head"]
     strides = feature_strides(config)
-    for name, value in zip(config["features"], dense.features):
+    for name, value in zip(config.features, dense.features):
         shape = value.shape()
         mn, _, mx = shapes[name]
         assert all(a <= s <= b for s, a, b in zip(shape[2:], mn[2:], mx[2:])), (name, shape)

@@ -111,4 +111,4 @@ def test_mask_head_runs_only_on_returned_detections(small_model_dir, monkeypatch
     det = engine.predict(photo("coffee"), score_threshold=0.05, max_detections=3)
     assert len(det) == 3
     # at most one filler row per pyramid level beside the 3 real RoIs
-    assert seen and seen[0] <= 3 + len(engine.config["mask_head"]["scales"])
+    assert seen and seen[0] <= 3 + len(engine.config.mask_head.scales)

@@ -8,6 +8,7 @@ import pytest
 from engine.anchors import level_anchors
 from engine.box_ops import batched_nms, decode_boxes, nms
 from engine.detect import assign_levels
+from engine.model_config import RoIPoolConfig
 from engine.masks import paste_masks
 from engine.preprocess import preprocess, resized_size
 
@@ -95,7 +96,9 @@ def test_level_assignment_matches_level_mapper():
     rng = np.random.default_rng(4)
     boxes = random_boxes(rng, 2000, scale=1000)
     expected = LevelMapper(2, 5)([torch.from_numpy(boxes)]).numpy()
-    pool = {"scales": [1 / 4, 1 / 8, 1 / 16, 1 / 32], "canonical_scale": 224, "canonical_level": 4}
+    pool = RoIPoolConfig(featmap_names=("0", "1", "2", "3"), feature_indices=(0, 1, 2, 3),
+                         scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32), output_size=(7, 7), sampling_ratio=2,
+                         canonical_scale=224, canonical_level=4)
     np.testing.assert_array_equal(assign_levels(boxes, pool), expected)
 
 

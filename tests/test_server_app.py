@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import socket
 import struct
 import threading
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 
 import falcon.testing
 import numpy as np
@@ -536,6 +538,32 @@ def test_one_structured_log_record_per_request(client, jpeg_body, caplog):
 
 
 # ---- configuration -------------------------------------------------------------------------------------
+
+
+def test_engine_settings_come_from_the_settings_table_too():
+    config = ServerConfig.from_env({"MASKRCNN_BACKEND": "onnxruntime-cpu", "MASKRCNN_THREADS": "6",
+                                    "MASKRCNN_CUDA_TF32": "1", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    assert (config.backend, config.threads, config.cuda_tf32) == ("onnxruntime-cpu", 6, True)
+    assert config.threads_per_worker(available=2) == 3  # MASKRCNN_THREADS shared by the workers
+    defaults = ServerConfig.from_env({})
+    assert (defaults.backend, defaults.threads, defaults.cuda_tf32) == ("auto", None, False)
+    assert defaults.threads_per_worker(available=2) == 2
+    for env, message in [({"MASKRCNN_THREADS": "0"}, "threads must be at least 1"),
+                         ({"MASKRCNN_THREADS": "two"}, "MASKRCNN_THREADS='two' is not a valid int"),
+                         ({"MASKRCNN_CUDA_TF32": "yes"}, "MASKRCNN_CUDA_TF32='yes' must be 0 or 1")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ServerConfig.from_env(env)
+
+
+def test_every_variable_the_settings_table_reads_is_in_its_table_and_the_readme():
+    import server.config as config_module
+
+    source = Path(config_module.__file__).read_text()
+    table, code = source.split('"""', 2)[1], source.split('"""', 2)[2]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in sorted(set(re.findall(r'"((?:MASKRCNN|SAGEMAKER)_[A-Z0-9_]+)"', code))):
+        assert name in table, f"{name} is read but not in server/config.py's table"
+        assert name in readme, f"{name} is read but not in the README"
 
 
 def test_config_from_environment():

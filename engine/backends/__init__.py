@@ -1,10 +1,10 @@
 """Inference backends: each runs the three graphs of a model directory.
 
-A backend has `name`, `run_dense(images) -> DenseOutputs`,
+Every backend implements `base.Backend`: `name`, `run_dense(images) -> DenseOutputs`,
 `run_box_head(features, rois) -> (class_probs, box_deltas)`,
 `run_mask_head(features, rois, class_ids) -> mask_probs` and `release(dense)`, which the
 engine calls once it is done with a DenseOutputs (the GPU backends hand the request's
-device buffers back to their pool there); see `onnxruntime_cpu`.
+device buffers back to their pool there).
 
     tensorrt          TensorRT plans built on this GPU (build_engine.py --tensorrt)
     onnxruntime-cuda  ONNX Runtime's CUDAExecutionProvider on the ONNX graphs
@@ -96,8 +96,11 @@ def choose_backend(status: dict[str, str | None]) -> str:
     raise BackendUnavailableError("no inference backend can run here: " + "; ".join(f"{k}: {v}" for k, v in status.items()))
 
 
-def create_backend(name: str, model_dir, threads: int | None = None):
-    """The backend `name` ("auto" picks the best available) for a checked ModelDir."""
+def create_backend(name: str, model_dir, threads: int | None = None, cuda_tf32: bool = False):
+    """The backend `name` ("auto" picks the best available) for a checked ModelDir.
+
+    threads: CPU threads (None: every usable core); cuda_tf32: TF32 convolutions on
+    onnxruntime-cuda (off by default: TF32 moves boxes past the parity tolerances)."""
     status = available_backends(model_dir)
     if name == "auto":
         name = choose_backend(status)
@@ -117,7 +120,7 @@ def create_backend(name: str, model_dir, threads: int | None = None):
     if name == "onnxruntime-cuda":
         from .onnxruntime_cuda import OnnxRuntimeCudaBackend
 
-        return OnnxRuntimeCudaBackend(model_dir, threads=threads)
+        return OnnxRuntimeCudaBackend(model_dir, threads=threads, tf32=cuda_tf32)
     from .onnxruntime_cpu import OnnxRuntimeCpuBackend
 
     return OnnxRuntimeCpuBackend(model_dir, threads=threads)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..detect import _FILLER_BOX
+from .base import FILLER_BOX
 
 
 def run_in_chunks(rois: list[np.ndarray], limits: list[int], run, class_ids: np.ndarray | None = None):
@@ -43,7 +43,7 @@ def run_in_chunks(rois: list[np.ndarray], limits: list[int], run, class_ids: np.
                     ids.append(class_ids[starts[j] + lo : starts[j] + hi])
                 taken.append(hi - lo)
             else:  # this level is done: one filler row keeps the input non-empty
-                chunk.append(_FILLER_BOX)
+                chunk.append(FILLER_BOX)
                 if class_ids is not None:
                     ids.append(np.zeros(1, class_ids.dtype))
                 taken.append(0)

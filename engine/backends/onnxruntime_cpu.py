@@ -8,52 +8,27 @@ the heads' small outputs come back as arrays.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ModelDirError
+from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 
 log = logging.getLogger(__name__)
 
 
-def default_threads() -> int:
-    """Cores this process may use (affinity-aware), overridable by MASKRCNN_THREADS."""
-    env = os.environ.get("MASKRCNN_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"MASKRCNN_THREADS must be an integer, got {env!r}") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+def dense_outputs(values: list, num_features: int, num_levels: int) -> DenseOutputs:
+    """ONNX Runtime's dense outputs in the order features, rpn_logits, rpn_deltas: the
+    feature OrtValues stay where they are, the RPN outputs become numpy arrays."""
+    n, r = num_features, num_levels
+    return DenseOutputs(
+        features=values[:n],
+        rpn_logits=[v.numpy() for v in values[n : n + r]],
+        rpn_deltas=[v.numpy() for v in values[n + r :]],
+    )
 
 
-@dataclass
-class DenseOutputs:
-    """features: backend-owned feature maps (opaque), one per pooled map, in model.json order.
-    rpn_logits / rpn_deltas: per RPN level, float32 (1, A, H, W) / (1, 4A, H, W)."""
-
-    features: list
-    rpn_logits: list[np.ndarray]
-    rpn_deltas: list[np.ndarray]
-
-    @classmethod
-    def from_ort_values(cls, values: list, num_features: int, num_levels: int) -> "DenseOutputs":
-        """ONNX Runtime's dense outputs in the order features, rpn_logits, rpn_deltas: the
-        feature OrtValues stay where they are, the RPN outputs become numpy arrays."""
-        n, r = num_features, num_levels
-        return cls(
-            features=values[:n],
-            rpn_logits=[v.numpy() for v in values[n : n + r]],
-            rpn_deltas=[v.numpy() for v in values[n + r :]],
-        )
-
-
-class OnnxRuntimeCpuBackend:
+class OnnxRuntimeCpuBackend(Backend):
     name = "onnxruntime-cpu"
 
     def __init__(self, model_dir, threads: int | None = None):
@@ -71,16 +46,14 @@ class OnnxRuntimeCpuBackend:
         # encode 26 -> 16 ms, predict 4.1 -> 3.6 s on 2 loaded cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        for key in ("dense", "box_head", "mask_head"):
+        for key in GRAPHS:
             path = model_dir.graph_path(key)
             try:
                 self.sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
                 raise ModelDirError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
-        self.feature_names = list(model_dir.config["features"])
-        dense_outputs = [o.name for o in self.sessions["dense"].get_outputs()]
-        self._rpn_logits = [n for n in dense_outputs if n.startswith("rpn_logits_")]
-        self._rpn_deltas = [n for n in dense_outputs if n.startswith("rpn_deltas_")]
+        self.feature_names = list(model_dir.config.features)
+        self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas
         log.info("onnxruntime %s on the CPU with %d threads", ort.__version__, self.threads)
 
@@ -89,7 +62,7 @@ class OnnxRuntimeCpuBackend:
 
     def run_dense(self, images: np.ndarray) -> DenseOutputs:
         outputs = self.sessions["dense"].run_with_ort_values(self._dense_outputs, {"images": self._value(images)})
-        return DenseOutputs.from_ort_values(outputs, len(self.feature_names), len(self._rpn_logits))
+        return dense_outputs(outputs, len(self.feature_names), len(self._rpn_logits))
 
     def release(self, dense: DenseOutputs) -> None:
         """Nothing to hand back: the OrtValues are freed with the DenseOutputs."""

@@ -13,24 +13,24 @@ sessions may run concurrently, so concurrent requests share nothing mutable.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from ..errors import ModelDirError
-from .onnxruntime_cpu import DenseOutputs, default_threads
+from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
+from .onnxruntime_cpu import dense_outputs
 
 log = logging.getLogger(__name__)
 
 
-class OnnxRuntimeCudaBackend:
+class OnnxRuntimeCudaBackend(Backend):
     name = "onnxruntime-cuda"
     # Where the feature OrtValues live, and the provider that must run the graphs. The CPU
     # tests subclass with ("cpu", "CPUExecutionProvider") to exercise the IOBinding flow.
     device_type = "cuda"
     provider = "CUDAExecutionProvider"
 
-    def __init__(self, model_dir, threads: int | None = None, device_id: int = 0):
+    def __init__(self, model_dir, threads: int | None = None, device_id: int = 0, tf32: bool = False):
         import onnxruntime as ort
 
         self._ort = ort
@@ -41,9 +41,9 @@ class OnnxRuntimeCudaBackend:
         options.intra_op_num_threads = self.threads  # only for nodes that fall back to the CPU
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = self._providers(device_id)
+        providers = self._providers(device_id, tf32)
         self.sessions = {}
-        for key in ("dense", "box_head", "mask_head"):
+        for key in GRAPHS:
             path = model_dir.graph_path(key)
             try:
                 self.sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
@@ -52,22 +52,20 @@ class OnnxRuntimeCudaBackend:
             if self.provider not in self.sessions[key].get_providers():
                 # ORT falls back to the CPU silently when the CUDA libraries do not load
                 raise ModelDirError(f"ONNX Runtime could not start the CUDA provider for {path.name} (see its log)")
-        self.feature_names = list(model_dir.config["features"])
-        dense_outputs = [o.name for o in self.sessions["dense"].get_outputs()]
-        self._rpn_logits = [n for n in dense_outputs if n.startswith("rpn_logits_")]
-        self._rpn_deltas = [n for n in dense_outputs if n.startswith("rpn_deltas_")]
+        self.feature_names = list(model_dir.config.features)
+        self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._head_inputs = {k: {i.name for i in self.sessions[k].get_inputs()} for k in ("box_head", "mask_head")}
         log.info("onnxruntime %s with CUDA on device %d", ort.__version__, device_id)
 
-    def _providers(self, device_id: int) -> list:
+    def _providers(self, device_id: int, tf32: bool) -> list:
         cuda_options = {
             "device_id": device_id,
             # Photos come in many sizes: an exhaustive cuDNN search would run again for every
             # new input shape (seconds each); the heuristic choice is immediate.
             "cudnn_conv_algo_search": "HEURISTIC",
             # FP32 means FP32: TF32 convolutions (Ampere and later) would move boxes past the
-            # parity tests' tolerances. MASKRCNN_CUDA_TF32=1 trades that for speed.
-            "use_tf32": 1 if os.environ.get("MASKRCNN_CUDA_TF32") == "1" else 0,
+            # parity tests' tolerances. tf32=True (serve: MASKRCNN_CUDA_TF32=1) trades that for speed.
+            "use_tf32": 1 if tf32 else 0,
         }
         return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
@@ -81,7 +79,7 @@ class OnnxRuntimeCudaBackend:
             binding.bind_output(name, "cpu")
         self.sessions["dense"].run_with_iobinding(binding)
         binding.synchronize_outputs()
-        return DenseOutputs.from_ort_values(binding.get_outputs(), len(self.feature_names), len(self._rpn_logits))
+        return dense_outputs(binding.get_outputs(), len(self.feature_names), len(self._rpn_logits))
 
     def release(self, dense: DenseOutputs) -> None:
         """Nothing to hand back: ONNX Runtime frees the feature OrtValues with the DenseOutputs."""

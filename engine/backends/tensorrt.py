@@ -30,8 +30,8 @@ import numpy as np
 
 from .. import cuda_memory as cm
 from ..errors import BackendUnavailableError, EngineError, ModelDirError
+from .base import GRAPHS, Backend, DenseOutputs, rpn_output_names
 from .chunking import run_in_chunks
-from .onnxruntime_cpu import DenseOutputs
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class _Slot:
         self.stream.close()
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, model_dir, threads: int | None = None):
@@ -157,15 +157,11 @@ class TensorRTBackend:
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")  # RoiAlign runs as a TensorRT plugin
         self._runtime = trt.Runtime(self._logger)
-        self.plans = {g: _Plan(trt, self._runtime, model_dir.plan_path(g)) for g in ("dense", "box_head", "mask_head")}
-        self.precision = section["precision"]
-        self.feature_names = list(model_dir.config["features"])
+        self.plans = {g: _Plan(trt, self._runtime, model_dir.plan_path(g)) for g in GRAPHS}
+        self.precision = section.precision
+        self.feature_names = list(model_dir.config.features)
         dense = self.plans["dense"]
-        self._rpn_logits = [n for n in dense.outputs if n.startswith("rpn_logits_")]
-        self._rpn_deltas = [n for n in dense.outputs if n.startswith("rpn_deltas_")]
-        # rpn_<kind>_<level>: keep the levels in numeric order whatever order the plan lists them
-        self._rpn_logits.sort(key=lambda n: int(n.rsplit("_", 1)[1]))
-        self._rpn_deltas.sort(key=lambda n: int(n.rsplit("_", 1)[1]))
+        self._rpn_logits, self._rpn_deltas = rpn_output_names(dense.outputs)
         num_slots = min(p.num_profiles for p in self.plans.values())
         self._slots = [_Slot(self.plans, k, self.feature_names) for k in range(num_slots)]
         self._free: queue.LifoQueue = queue.LifoQueue()  # LIFO: the most recently used slot is warmest
@@ -173,7 +169,7 @@ class TensorRTBackend:
             self._free.put(slot)
         self._lock = threading.Lock()
         self.row_limits = {
-            graph: [self.plans[graph].input_range(f"rois_{j}", 0)[1][0] for j in range(len(model_dir.config[graph]["scales"]))]
+            graph: [self.plans[graph].input_range(f"rois_{j}", 0)[1][0] for j in range(len(getattr(model_dir.config, graph).scales))]
             for graph in ("box_head", "mask_head")
         }
         self._image_range = dense.input_range("images", 0)

@@ -1,0 +1,369 @@
+"""model.json as typed, frozen dataclasses: the schema, defined once, checked at load.
+
+`ModelConfig.from_json(data, file)` checks every key, type and range and raises
+ModelDirError naming the file and the key ("model.json: rpn.nms_thresh is missing"), so a
+bad model directory fails at load, never at the first request. The exporter builds the same
+dataclasses and writes `to_json()`, so what is written is what is read.
+
+    ModelConfig
+      transform   TransformConfig   torchvision GeneralizedRCNNTransform: normalise, resize rule, padding
+      rpn         RpnConfig         RegionProposalNetwork: anchors, pre/post-NMS top-n, BoxCoder
+      box_head    BoxHeadConfig     MultiScaleRoIAlign (RoIPoolConfig) + RoIHeads.postprocess_detections
+      mask_head   MaskHeadConfig    MultiScaleRoIAlign + mask size, threshold and paste mode
+      features    tuple[str]        the pooled feature maps, in the dense graph's output order
+      graphs      GraphFiles        the three ONNX files and their sha256
+      quantization QuantizationConfig | None   INT8 graphs (build_engine.py --int8)
+      tensorrt    TensorRTConfig | None        plans built on a GPU (build_engine.py --tensorrt)
+
+Coordinates: boxes are (x1, y1, x2, y2) pixels everywhere; RoIAlign `scales` are feature
+pixels per image pixel (1/4 for the stride-4 map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelDirError
+from .masks import PASTE_MODES  # torchvision's paste, or the aligned one
+
+MODEL_FORMAT = "maskrcnn-serve/1"
+GRAPHS = ("dense", "box_head", "mask_head")  # the three ONNX graphs (and TensorRT plans) of a model
+PRECISIONS = ("fp32", "fp16", "int8")  # TensorRT plan precisions
+
+
+class _Invalid(ValueError):
+    """A value that does not fit the schema; `where` is its dotted key. A ValueError for code
+    that builds a config (the exporter); ModelConfig.from_json turns it into a ModelDirError."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where} {problem}")
+        self.where, self.problem = where, problem
+
+
+def _require(condition: bool, where: str, problem: str) -> None:
+    if not condition:
+        raise _Invalid(where, problem)
+
+
+def _fraction(value: float, where: str) -> None:
+    _require(0.0 <= value <= 1.0, where, f"must be in [0, 1], got {value!r}")
+
+
+def _positive(values, where: str) -> None:
+    for i, value in enumerate(values if isinstance(values, tuple) else (values,)):
+        _require(value > 0, where if not isinstance(values, tuple) else f"{where}[{i}]",
+                 f"must be positive, got {value!r}")
+
+
+class _Section:
+    """Parsing and writing for the dataclasses below (fields typed with the hints handled in _convert)."""
+
+    def check(self) -> None:
+        """Ranges and relations between fields; raises _Invalid with the field's name."""
+
+    def __post_init__(self):
+        # Constructed in code (the exporter) or parsed: either way the ranges hold.
+        self.check()
+
+    @classmethod
+    def parse(cls, data, where: str):
+        _require(isinstance(data, dict), where, f"must be an object, got {_kind(data)}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)  # a typo is an error, not a silently ignored key
+        _require(not unknown, f"{where}.{unknown[0]}" if unknown else where, "is not a known key")
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = f"{where}.{f.name}" if where else f.name
+            if f.name in data:
+                values[f.name] = _convert(data[f.name], hints[f.name], key)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _Invalid(key, "is missing")
+        try:
+            return cls(**values)
+        except _Invalid as exc:  # check() names the field; prefix the section
+            raise _Invalid(f"{where}.{exc.where}" if where else exc.where, exc.problem) from None
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (tuples become lists when dumped); None-valued optional sections left out."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            out[f.name] = _to_json(value)
+        return out
+
+
+def _to_json(value):
+    if isinstance(value, _Section):
+        return value.to_json()
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), f"{type(value).__name__} {value!r}")
+
+
+def _convert(value, hint, where: str):
+    """`value` from JSON as the type `hint` says: int, float, str, bool, dict, tuple[X, ...],
+    tuple[X, Y], X | None, or a _Section subclass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if isinstance(hint, type) and issubclass(hint, _Section):
+        return hint.parse(value, where)
+    if hint is bool:
+        _require(isinstance(value, bool), where, f"must be true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), where, f"must be an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 where, f"must be a finite number, got {_kind(value)}")
+        return float(value)
+    if hint is str:
+        _require(isinstance(value, str), where, f"must be a string, got {_kind(value)}")
+        return value
+    if origin is dict or hint is dict:
+        _require(isinstance(value, dict), where, f"must be an object, got {_kind(value)}")
+        return dict(value)
+    if origin is tuple:
+        _require(isinstance(value, list), where, f"must be a list, got {_kind(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        _require(len(value) == len(args), where, f"must have {len(args)} entries, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    raise TypeError(f"no JSON conversion for {hint!r} ({where})")  # a schema bug, not a user error
+
+
+@dataclass(frozen=True)
+class TransformConfig(_Section):
+    """torchvision GeneralizedRCNNTransform: (x / 255 - mean) / std per RGB channel; the short
+    side scaled to min_size unless the long side would pass max_size; padded to a multiple of
+    size_divisible (bottom and right)."""
+
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    min_size: int
+    max_size: int
+    size_divisible: int
+
+    def check(self):
+        _positive(self.image_std, "image_std")
+        _positive(self.min_size, "min_size")
+        _positive(self.max_size, "max_size")
+        _positive(self.size_divisible, "size_divisible")
+
+
+@dataclass(frozen=True)
+class RpnConfig(_Section):
+    """torchvision RegionProposalNetwork (eval): anchors per level, BoxCoder(box_coder_weights,
+    bbox_xform_clip), pre_nms_top_n per level, NMS at nms_thresh per level, post_nms_top_n in all."""
+
+    anchor_sizes: tuple[tuple[float, ...], ...]  # per level, in image pixels
+    aspect_ratios: tuple[tuple[float, ...], ...]  # per level, height / width
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    nms_thresh: float
+    score_thresh: float
+    min_size: float  # boxes with a side under this (pixels) are dropped
+    box_coder_weights: tuple[float, float, float, float]
+    bbox_xform_clip: float
+
+    def check(self):
+        _require(len(self.anchor_sizes) >= 1, "anchor_sizes", "must list at least one level")
+        _require(len(self.aspect_ratios) == len(self.anchor_sizes), "aspect_ratios",
+                 f"must have one entry per level ({len(self.anchor_sizes)}), got {len(self.aspect_ratios)}")
+        for name in ("anchor_sizes", "aspect_ratios"):
+            for level, values in enumerate(getattr(self, name)):
+                _require(len(values) >= 1, f"{name}[{level}]", "must not be empty")
+                _positive(values, f"{name}[{level}]")
+        _positive(self.pre_nms_top_n, "pre_nms_top_n")
+        _positive(self.post_nms_top_n, "post_nms_top_n")
+        _fraction(self.nms_thresh, "nms_thresh")
+        _fraction(self.score_thresh, "score_thresh")
+        _require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
+        _positive(self.box_coder_weights, "box_coder_weights")
+        _positive(self.bbox_xform_clip, "bbox_xform_clip")
+
+
+@dataclass(frozen=True)
+class RoIPoolConfig(_Section):
+    """torchvision MultiScaleRoIAlign: which feature maps (indices into ModelConfig.features)
+    at which scales, and its LevelMapper (canonical_scale, canonical_level)."""
+
+    featmap_names: tuple[str, ...]
+    feature_indices: tuple[int, ...]
+    scales: tuple[float, ...]
+    output_size: tuple[int, int]
+    sampling_ratio: int
+    canonical_scale: int
+    canonical_level: int
+
+    def check(self):
+        _require(len(self.scales) >= 1, "scales", "must list at least one level")
+        for name in ("featmap_names", "feature_indices"):
+            _require(len(getattr(self, name)) == len(self.scales), name,
+                     f"must have one entry per scale ({len(self.scales)}), got {len(getattr(self, name))}")
+        _positive(self.scales, "scales")
+        _positive(self.output_size, "output_size")
+        _positive(self.canonical_scale, "canonical_scale")
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig(RoIPoolConfig):
+    """RoIAlign for the box head, then torchvision RoIHeads.postprocess_detections."""
+
+    box_coder_weights: tuple[float, float, float, float]
+    bbox_xform_clip: float
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
+
+    def check(self):
+        super().check()
+        _positive(self.box_coder_weights, "box_coder_weights")
+        _positive(self.bbox_xform_clip, "bbox_xform_clip")
+        _fraction(self.score_thresh, "score_thresh")
+        _fraction(self.nms_thresh, "nms_thresh")
+        _positive(self.detections_per_img, "detections_per_img")
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig(RoIPoolConfig):
+    """RoIAlign for the mask head; masks of mask_size^2, thresholded at mask_threshold after
+    the paste (`paste`: "torchvision" or "aligned", see engine.masks)."""
+
+    mask_size: int
+    mask_threshold: float = 0.5  # optional in model.json: the first exports did not write these two
+    paste: str = PASTE_MODES[0]
+
+    def check(self):
+        super().check()
+        _positive(self.mask_size, "mask_size")
+        _fraction(self.mask_threshold, "mask_threshold")
+        _require(self.paste in PASTE_MODES, "paste", f"must be one of {PASTE_MODES}, got {self.paste!r}")
+
+
+@dataclass(frozen=True)
+class GraphFile(_Section):
+    """A file of the model directory (relative name) and its sha256, checked at load when given."""
+
+    file: str
+    sha256: str | None = None
+
+    def check(self):
+        _require(bool(self.file) and not Path(self.file).is_absolute() and ".." not in Path(self.file).parts,
+                 "file", f"must be a file name inside the model directory, got {self.file!r}")
+
+
+@dataclass(frozen=True)
+class GraphFiles(_Section):
+    """The three graphs (or plans), by GRAPHS name."""
+
+    dense: GraphFile
+    box_head: GraphFile
+    mask_head: GraphFile
+
+    def __getitem__(self, graph: str) -> GraphFile:
+        if graph not in GRAPHS:
+            raise KeyError(graph)
+        return getattr(self, graph)
+
+    def items(self):
+        return ((graph, self[graph]) for graph in GRAPHS)
+
+
+@dataclass(frozen=True)
+class QuantizationConfig(_Section):
+    """INT8 graphs written by `build_engine.py --int8` (static QDQ with ONNX Runtime's tools)."""
+
+    precision: str
+    format: str
+    ops: tuple[str, ...]
+    fp32_layers: dict[str, list]  # per graph, the nodes left in FP32
+    calibration: dict  # {"method": "MinMax", "images": N}
+
+
+@dataclass(frozen=True)
+class TensorRTConfig(_Section):
+    """Plans built on a GPU by `build_engine.py --tensorrt` (see engine.tensorrt_plans)."""
+
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    plans: GraphFiles
+    profiles_per_plan: int = 1  # identical profiles: one per concurrent request
+    profiles: dict = field(default_factory=dict)  # {graph: {input: [min, opt, max]}} as built
+    int8_graphs: tuple[str, ...] = ()
+    built: str | None = None
+
+    def check(self):
+        _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("tensorrt_version", "gpu_name", "compute_capability"):
+            _require(bool(getattr(self, name)), name, "must not be empty")
+        _positive(self.profiles_per_plan, "profiles_per_plan")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """All of model.json. `weights` (provenance), `tools` and `created` are free-form records."""
+
+    format: str
+    class_names: tuple[str, ...]  # index 0 is the background (torchvision's rule)
+    transform: TransformConfig
+    rpn: RpnConfig
+    box_head: BoxHeadConfig
+    mask_head: MaskHeadConfig
+    features: tuple[str, ...]
+    graphs: GraphFiles
+    name: str | None = None
+    arch: str = "custom"
+    weights: dict = field(default_factory=lambda: {"source": "unknown", "trained": True})
+    tools: dict = field(default_factory=dict)
+    created: str | None = None
+    quantization: QuantizationConfig | None = None
+    tensorrt: TensorRTConfig | None = None
+
+    def check(self):
+        _require(self.format == MODEL_FORMAT, "format", f"must be {MODEL_FORMAT!r}, got {self.format!r}")
+        _require(len(self.class_names) >= 2, "class_names", "must list the background and at least one class")
+        _require(len(self.features) >= 1, "features", "must name at least one feature map")
+        for head in ("box_head", "mask_head"):
+            for i, index in enumerate(getattr(self, head).feature_indices):
+                _require(0 <= index < len(self.features), f"{head}.feature_indices[{i}]",
+                         f"must index features (0..{len(self.features) - 1}), got {index}")
+        trained = self.weights.get("trained", True)
+        _require(isinstance(trained, bool), "weights.trained", f"must be true or false, got {_kind(trained)}")
+
+    @property
+    def trained(self) -> bool:
+        return self.weights.get("trained", True)
+
+    @classmethod
+    def from_json(cls, data, file) -> ModelConfig:
+        """Parse model.json's contents; ModelDirError "<file>: <key> <problem>" if anything is off."""
+        try:
+            return cls.parse(data, "")
+        except _Invalid as exc:
+            raise ModelDirError(f"{file}: {exc.where or 'the top level'} {exc.problem}") from None
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
