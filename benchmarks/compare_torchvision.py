@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from engine.named_models import ARCHS  # noqa: E402
 
 from benchmarks.arithmetic import MatmulProbe, graph_gflop  # noqa: E402
-from benchmarks.inputs import skimage_photo, test_photo_jpeg  # noqa: E402
+from benchmarks.inputs import skimage_photo, benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")  # the timed photo is coffee
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     # every method sees the same pixels: the photo as a client would upload it (JPEG q90), decoded
-    photo_jpeg = test_photo_jpeg()
+    photo_jpeg = benchmark_photo_jpeg()
     image = decode_image(photo_jpeg)
     tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
     model = random_model(args.arch, seed=0)  # box_score_thresh 0.05, 100 detections: torchvision's defaults

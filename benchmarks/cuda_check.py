@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_benchmark import measure  # noqa: E402
-from benchmarks.inputs import test_photo  # noqa: E402
+from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             raise ImportError("torch has no CUDA here")
         model = random_model("maskrcnn_resnet50_fpn", seed=0).eval().cuda()
-        tensor = torch.from_numpy(test_photo()).permute(2, 0, 1).float().div(255.0).cuda()
+        tensor = torch.from_numpy(benchmark_photo()).permute(2, 0, 1).float().div(255.0).cuda()
         for label, amp in (("fp32", False), ("amp_fp16", True)):
             def run(amp=amp):
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.named_models import ARCHS  # noqa: E402
 
-from benchmarks.inputs import test_photo  # noqa: E402
+from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import package_versions, write_results  # noqa: E402
 
 PACKAGES = ("tensorrt", "onnxruntime-gpu", "onnxruntime", "cuda-python", "cuda-bindings", "torch", "torchvision", "numpy")
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     import json
 
     weights = json.loads((Path(model_dir) / "model.json").read_text()).get("weights", {})
-    image = test_photo()
+    image = benchmark_photo()
     status = available_backends()
     skipped = {name: why for name, why in status.items() if why and name != "onnxruntime-cpu"}
     engines: dict[str, Engine] = {}

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 
 
-def test_photo() -> np.ndarray:
+def benchmark_photo() -> np.ndarray:
     """skimage's coffee photo (400x600) resized to 640x480 RGB, the size the targets are set at."""
     import cv2
     import skimage.data
@@ -27,11 +27,11 @@ def skimage_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def test_photo_jpeg(quality: int = 90) -> bytes:
-    """`test_photo()` as a client would upload it."""
+def benchmark_photo_jpeg(quality: int = 90) -> bytes:
+    """`benchmark_photo()` as a client would upload it."""
     import cv2
 
-    return cv2.imencode(".jpg", test_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+    return cv2.imencode(".jpg", benchmark_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
 
 
 def free_port() -> int:

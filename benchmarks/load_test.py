@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import free_port, test_photo_jpeg  # noqa: E402
+from benchmarks.inputs import free_port, benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                              "--host", "127.0.0.1", "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         wait_ready(port, proc)
-        body = test_photo_jpeg()
+        body = benchmark_photo_jpeg()
         headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
         sequential = []
         for _ in range(7):

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import test_photo  # noqa: E402
+from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from exporter.weights import coco_class_names, random_model, set_resize_rule
 
     work = Path(tempfile.mkdtemp(prefix="minsize-"))
-    photo = test_photo()
+    photo = benchmark_photo()
     r50 = []
     for size in args.sizes:
         export(set_resize_rule(random_model("maskrcnn_resnet50_fpn", seed=0), size), work / f"r50-{size}", coco_class_names(), quiet=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.inputs import free_port, test_photo_jpeg  # noqa: E402
+from benchmarks.inputs import free_port, benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
@@ -161,7 +161,7 @@ def replay_server(model_dir: Path, port: int) -> None:
     from server.serving import serve_until
 
     config = ServerConfig()
-    app = create_app(load(model_dir, "replay", test_photo_jpeg()), config)
+    app = create_app(load(model_dir, "replay", benchmark_photo_jpeg()), config)
     server = waitress.create_server(app, host="127.0.0.1", port=port, threads=config.http_threads)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         replay_server(args.model_dir, args.port)
         return 0
 
-    body = test_photo_jpeg()
+    body = benchmark_photo_jpeg()
     load_before = os.getloadavg()
     print(f"640x480 photo, {len(body)} bytes JPEG; model {args.model_dir}; load average {load_before}",
           file=sys.stderr)

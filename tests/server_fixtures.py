@@ -1,4 +1,4 @@
-"""Shared fixtures for the image, render, mask-encoding and HTTP-layer tests.
+"""Shared helpers and fixtures for the image, render, mask-encoding and HTTP-layer tests.
 
 `FakeEngine` has the surface of `engine.Engine` (predict, warmup, class_names, model_name,
 backend_name, untrained) and answers with a deterministic rule, so the HTTP layer can be
@@ -7,13 +7,17 @@ tested without a model, as Falcon's own examples do.
 
 from __future__ import annotations
 
-import functools
 import io
+import json
 import threading
 
+import falcon.testing
 import numpy as np
+import pytest
 
 from engine.detections import Detections
+from engine.media_types import JPEG, JSON, PNG  # noqa: F401  (re-exported for the HTTP tests)
+from server import ServerConfig, create_app
 
 FAKE_CLASSES = ["__background__", "person", "cat", "dog", "N/A", "traffic light"]
 
@@ -112,14 +116,45 @@ def drawn_image(h: int = 120, w: int = 160) -> np.ndarray:
     return img
 
 
-@functools.lru_cache(maxsize=None)
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
+# ---- the HTTP app with a fake engine (tests of server/*.py) ------------------------------------
 
-    return np.ascontiguousarray(getattr(data, name)())
+CA = "X-Amzn-SageMaker-Custom-Attributes"
 
 
-def photo(name: str) -> np.ndarray:
-    """A real RGB photo from scikit-image (a fresh copy): astronaut 512x512, coffee 400x600,
-    chelsea 300x451 (H x W)."""
-    return _photo(name).copy()
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(engine):
+    return falcon.testing.TestClient(create_app(engine, ServerConfig()))
+
+
+@pytest.fixture(scope="module")
+def jpeg_body():
+    return encode_pil(drawn_image(120, 160), "JPEG", quality=90)
+
+
+@pytest.fixture(scope="module")
+def png_body():
+    return encode_pil(drawn_image(120, 160), "PNG")
+
+
+def post(client, body, content_type=JPEG, accept=None, attrs=None, path="/invocations", **headers):
+    h = {"Content-Type": content_type} if content_type else {}
+    if accept is not None:
+        h["Accept"] = accept
+    if attrs is not None:
+        h[CA] = attrs if isinstance(attrs, str) else json.dumps(attrs)
+    h.update(headers)
+    return client.simulate_post(path, body=body, headers=h)
+
+
+def assert_error(resp, status, *words):
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == JSON
+    assert set(resp.json) == {"error", "status"} and resp.json["status"] == status
+    for word in words:
+        assert word in resp.json["error"]
+    assert "Traceback" not in resp.text

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,12 +49,6 @@ def http_call(url: str, method: str = "POST", body=None, headers: dict | None = 
         return Reply(conn.getresponse())
     finally:
         conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_command() -> list[str]:

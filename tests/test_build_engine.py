@@ -127,7 +127,7 @@ def test_failed_export_leaves_no_directory(tmp_path, small_model, monkeypatch):
 
     original = export_module._export_graph
     monkeypatch.setattr(export_module, "_export_graph", failing)
-    from conftest import SMALL_CLASSES
+    from helpers import SMALL_CLASSES
 
     with pytest.raises(RuntimeError, match="simulated"):
         export_module.export(small_model, tmp_path / "model", SMALL_CLASSES, quiet=True)
@@ -145,7 +145,7 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
     import cv2
     import onnx
 
-    from conftest import SMALL_CLASSES, photo
+    from helpers import SMALL_CLASSES, photo
     from engine import Engine
     from exporter.quantize import export_int8, load_calibration_images
 
@@ -194,7 +194,7 @@ def test_private_initializers_keep_the_graph_and_drop_shared_identities(tmp_path
     import onnx
     import onnxruntime as ort
 
-    from conftest import photo
+    from helpers import photo
     from engine.preprocess import preprocess
     from exporter.quantize import materialize_shared_initializers
 
@@ -217,7 +217,7 @@ def test_private_initializers_keep_the_graph_and_drop_shared_identities(tmp_path
 
 
 def test_resize_rule_reaches_model_json(tmp_path):
-    from conftest import SMALL_CLASSES, build_small_maskrcnn
+    from helpers import SMALL_CLASSES, build_small_maskrcnn
     from exporter import export
     from exporter.weights import set_resize_rule
 

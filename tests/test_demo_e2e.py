@@ -23,7 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from conftest import box_iou_matrix, mask_iou
+from helpers import box_iou_matrix, mask_iou
 from demo.export_shapes import MODEL_NAME
 from demo.shapes import CLASS_NAMES, EVAL_SEED_START, TRAIN_SEED_START, generate_scene
 from engine.image_io import decode_image

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.inputs import skimage_photo
+from helpers import photo
 from engine.model_dir import ModelDir
 from server_process import REPO, ServerProcess, free_port
 
@@ -552,7 +552,7 @@ def serve(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    rgb = skimage_photo("astronaut")
+    rgb = photo("astronaut")
     folder = tmp_path_factory.mktemp("photos")
     for suffix in (".jpg", ".png"):
         ok, data = cv2.imencode(suffix, rgb[..., ::-1])  # OpenCV writes BGR

@@ -23,10 +23,10 @@ from server_process import REPO
 def photo_path(tmp_path_factory) -> Path:
     import cv2
 
-    from benchmarks.inputs import skimage_photo
+    from helpers import photo
 
     path = tmp_path_factory.mktemp("photos") / "coffee.png"
-    cv2.imwrite(str(path), skimage_photo("coffee")[..., ::-1])
+    cv2.imwrite(str(path), photo("coffee")[..., ::-1])
     return path
 
 

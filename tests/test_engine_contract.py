@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import photo
+from helpers import photo
 from engine import Engine, ImageDecodeError, ModelDirError, decode_image
+from engine.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
+from engine.model_dir import ModelDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,3 +166,31 @@ def test_unknown_mask_paste_mode_is_named(small_model_dir, tmp_path):
     (model / "model.json").write_text(json.dumps(config))
     with pytest.raises(ModelDirError, match=r"model\.json.*mask_head\.paste.*sideways"):
         Engine.load(model)
+
+
+def test_engine_releases_the_dense_outputs_once_on_every_path(small_model_dir):
+    directory = ModelDir.open(small_model_dir)
+
+    class Spy(OnnxRuntimeCpuBackend):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.released, self.fail = [], False
+
+        def release(self, dense):
+            self.released.append(dense)
+
+        def run_mask_head(self, *a):
+            if self.fail:
+                raise RuntimeError("simulated mask head failure")
+            return super().run_mask_head(*a)
+
+    spy = Spy(directory)
+    engine = Engine(directory, spy)
+    engine.predict(photo("astronaut"), score_threshold=0.05)
+    assert len(spy.released) == 1
+    engine.predict(photo("astronaut"), score_threshold=1.0)  # no detections: early return
+    assert len(spy.released) == 2
+    spy.fail = True
+    with pytest.raises(RuntimeError, match="simulated"):
+        engine.predict(photo("astronaut"), score_threshold=0.05)
+    assert len(spy.released) == 3

@@ -23,7 +23,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import mask_iou, match_detections, photo
+from helpers import mask_iou, match_detections, photo
 from engine import Engine, cuda_memory
 from engine.backends import available_backends
 

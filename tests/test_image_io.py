@@ -14,7 +14,8 @@ from PIL import Image, ImageOps
 
 from engine.errors import ImageDecodeError
 from engine.image_io import ImageInfo, decode_image, probe_image
-from server_fixtures import drawn_image, encode_pil, photo
+from helpers import photo
+from server_fixtures import drawn_image, encode_pil
 
 
 def pil_reference(data: bytes) -> np.ndarray:

@@ -6,7 +6,8 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from server.mask_encoding import encode_counts, encode_polygons, encode_rle, rle_counts
-from server_fixtures import disc_mask, photo
+from helpers import photo
+from server_fixtures import disc_mask
 
 # pycocotools 2.0.11 with numpy 2 warns inside its own decode; not our concern.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

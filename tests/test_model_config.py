@@ -158,7 +158,7 @@ def test_what_is_written_is_what_is_read(source, small_model_dir, tmp_path):
     """The exporter writes model.json from the dataclasses: parsing and writing back is the identity."""
     if source == "int8":
         from exporter.quantize import quantize_graphs
-        from server_fixtures import photo
+        from helpers import photo
 
         directory = tmp_path / "int8"
         shutil.copytree(small_model_dir, directory)

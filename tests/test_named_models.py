@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import engine.named_models as named
-from conftest import match_detections, photo, torchvision_predict
+from helpers import match_detections, photo, torchvision_predict
 from engine.errors import ModelDirError
 from server_process import REPO, ServerProcess, http_call, serve_command
 from server_fixtures import encode_pil

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import mask_iou, match_detections, photo, torchvision_predict
+from helpers import mask_iou, match_detections, photo, torchvision_predict
 from engine import Engine
 
 

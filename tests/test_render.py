@@ -8,7 +8,8 @@ from engine.detections import Detections
 from engine.image_io import decode_image
 from engine.render import (MASK_ALPHA, PALETTE, caption_boxes, caption_ink, caption_layout, encode_image,
                            format_label, instance_colour, render_detections)
-from server_fixtures import FAKE_CLASSES, drawn_image, fake_detections, photo
+from helpers import photo
+from server_fixtures import FAKE_CLASSES, drawn_image, fake_detections
 
 
 def test_no_detections_returns_an_equal_copy():

@@ -1,0 +1,157 @@
+"""Plain helpers the tests share (fixtures live in conftest.py).
+
+* photo(name): a real photograph shipped with scikit-image, HxWx3 uint8 RGB, the one photo
+  loader of the tests and the benchmarks (benchmarks.inputs.skimage_photo).
+* build_small_maskrcnn(seed): a small custom torchvision MaskRCNN with seeded random weights.
+* torchvision_predict, match_detections, box_iou_matrix, mask_iou: the parity tests' reference
+  run and how detections are matched to it.
+* free_port(): a free local TCP port (benchmarks.inputs.free_port).
+* model_dir_with_plans(tmp_path, ...): a model directory with fake TensorRT plans and their section.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.inputs import free_port, skimage_photo  # noqa: F401  (re-exported)
+from engine.model_dir import sha256_of
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "model"  # the trained demo model, committed
+PHOTOS = ("astronaut", "coffee", "chelsea")
+photo = skimage_photo  # the project root is on pytest's path (pyproject pythonpath)
+
+
+SMALL_CLASSES = ["__background__", "disc", "block", "wedge", "ring"]
+
+
+def build_small_maskrcnn(seed: int = 0):
+    """A small custom MaskRCNN: a 4-stage conv backbone + FPN on 3 maps, RoI pooling on only
+    two of them, 5 classes, 320 px images. Seeded random weights with spread class scores."""
+    import torch
+    from torch import nn
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    from exporter.weights import spread_class_scores
+
+    class TinyBackbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+
+            def stage(cin, cout):
+                return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+            self.stem = nn.Sequential(stage(3, 16), stage(16, 24))  # stride 4
+            self.c3, self.c4, self.c5 = stage(24, 32), stage(32, 48), stage(48, 64)
+            self.fpn = FeaturePyramidNetwork([32, 48, 64], 32, extra_blocks=LastLevelMaxPool())
+            self.out_channels = 32
+
+        def forward(self, x):
+            c3 = self.c3(self.stem(x))
+            c4 = self.c4(c3)
+            c5 = self.c5(c4)
+            return self.fpn(OrderedDict([("0", c3), ("1", c4), ("2", c5)]))
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    anchors = AnchorGenerator(sizes=((16, 24), (32, 48), (64, 96), (128, 192)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    model = MaskRCNN(
+        TinyBackbone(),
+        num_classes=len(SMALL_CLASSES),
+        min_size=320,
+        max_size=480,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=14, sampling_ratio=2),
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+        model.rpn.head.cls_logits.weight.normal_(0.0, 0.1, generator=generator)
+        spread_class_scores(model.eval(), generator)
+    return model.eval()
+
+
+
+def torchvision_predict(model, image: np.ndarray, score_threshold: float, max_detections: int = 100):
+    """Eager torchvision output for an RGB uint8 image, with the engine's thresholds."""
+    import torch
+
+    model.roi_heads.score_thresh = score_threshold
+    model.roi_heads.detections_per_img = max_detections
+    with torch.no_grad():
+        out = model([torch.from_numpy(image).permute(2, 0, 1).float() / 255.0])[0]
+    return {
+        "boxes": out["boxes"].numpy(),
+        "scores": out["scores"].numpy(),
+        "labels": out["labels"].numpy(),
+        "masks": (out["masks"][:, 0] > 0.5).numpy(),
+    }
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_detections(ref: dict, det, iou_min: float = 0.99):
+    """Greedy one-to-one matching, best reference score first: same class and box IoU >= iou_min.
+
+    Returns (pairs, fraction) where fraction = matched / max(len(ref), len(det)), so unmatched
+    detections on either side count against it (matching "both ways").
+    """
+    n_ref, n_det = len(ref["scores"]), len(det.scores)
+    if n_ref == 0 and n_det == 0:
+        return [], 1.0
+    if n_ref == 0 or n_det == 0:
+        return [], 0.0
+    ious = box_iou_matrix(ref["boxes"], det.boxes)
+    same = ref["labels"][:, None] == det.class_ids[None, :]
+    ious = np.where(same, ious, -1.0)
+    used = np.zeros(n_det, bool)
+    pairs = []
+    for i in np.argsort(-ref["scores"], kind="stable"):
+        candidates = np.where(used, -1.0, ious[i])
+        j = int(np.argmax(candidates))
+        if candidates[j] >= iou_min:
+            used[j] = True
+            pairs.append((int(i), j))
+    return pairs, len(pairs) / max(n_ref, n_det)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def model_dir_with_plans(tmp_path, source=DEMO, **overrides) -> Path:
+    """A copy of `source` with fake plan files and a well-formed "tensorrt" section."""
+    target = tmp_path / "with-plans"
+    shutil.copytree(source, target)
+    plans = {}
+    for graph in ("dense", "box_head", "mask_head"):
+        (target / f"{graph}.fp16.plan").write_bytes(b"not really a plan " + graph.encode())
+        plans[graph] = {"file": f"{graph}.fp16.plan", "sha256": sha256_of(target / f"{graph}.fp16.plan")}
+    section = {"precision": "fp16", "tensorrt_version": "10.8.0.43", "gpu_name": "NVIDIA A10G",
+               "compute_capability": "8.6", "profiles_per_plan": 2, "plans": plans, "profiles": {}}
+    section.update(overrides)
+    config = json.loads((target / "model.json").read_text())
+    config["tensorrt"] = section
+    (target / "model.json").write_text(json.dumps(config))
+    return target

@@ -1,0 +1,86 @@
+"""server/inference.py: a bounded queue of inferences; a full one is 503, a long wait 504, /ping never waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import falcon.testing
+import pytest
+
+from server import ServerConfig, create_app
+from server.inference import InferenceExecutor, QueueFullError
+from server_fixtures import post, assert_error
+from server_fixtures import engine, client, jpeg_body  # noqa: F401  (fixtures)
+
+
+# ---- concurrency: a full queue is 503, pings never wait --------------------------------------------
+
+
+def test_full_queue_is_503_with_retry_after_and_ping_stays_fast(engine, jpeg_body):
+    config = ServerConfig(workers=1, queue_size=1, retry_after_s=3)
+    executor = InferenceExecutor(config.workers, config.queue_size)
+    client = falcon.testing.TestClient(create_app(engine, config, executor))
+    engine.gate = threading.Event()
+    results = []
+
+    def call():
+        results.append(post(client, jpeg_body))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]  # one running, one waiting
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while executor.admitted < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert executor.admitted == 2
+        resp = post(client, jpeg_body)
+        assert_error(resp, 503, "busy")
+        assert resp.headers["retry-after"] == "3"
+        start = time.perf_counter()
+        assert client.simulate_get("/ping").status_code == 200
+        assert time.perf_counter() - start < 0.5
+    finally:
+        engine.gate.set()
+        for t in threads:
+            t.join(10)
+    assert [r.status_code for r in results] == [200, 200]
+
+
+def test_executor_refuses_beyond_capacity():
+    executor = InferenceExecutor(workers=1, queue_size=0)
+    gate, started = threading.Event(), threading.Event()
+
+    def job():
+        started.set()
+        gate.wait(10)
+        return "done"
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(executor.run(job)))
+    t.start()
+    assert started.wait(10)
+    with pytest.raises(QueueFullError):
+        executor.run(job)
+    gate.set()
+    t.join(10)
+    assert out == ["done"] and executor.admitted == 0
+    assert executor.run(lambda: 42) == 42  # the slot was released
+    with pytest.raises(ZeroDivisionError):
+        executor.run(lambda: 1 / 0)
+    assert executor.admitted == 0  # released on errors too
+
+
+def test_waiting_longer_than_the_timeout_is_504(engine, jpeg_body):
+    client = falcon.testing.TestClient(create_app(engine, ServerConfig(timeout_s=0.2)))
+    engine.gate = threading.Event()
+    first = threading.Thread(target=post, args=(client, jpeg_body))
+    first.start()
+    try:
+        assert engine.started.wait(10)  # the only worker is busy ...
+        assert_error(post(client, jpeg_body), 504, "0.2")  # ... for longer than the timeout
+    finally:
+        engine.gate.set()
+        first.join(10)
+    assert len(engine.calls) == 1  # the refused request never reached the engine
