@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -47,22 +48,80 @@ def preprocess(image: np.ndarray, mean, std, min_size: int, max_size: int, size_
     """Normalise ((x/255 - mean) / std), resize bilinearly (half-pixel centres, no antialias,
     like F.interpolate(align_corners=False)) and zero-pad to a multiple of size_divisible.
 
-    Normalising before resizing is what torchvision does; both are linear, so doing the
-    per-pixel affine on the smaller of the two images only changes the last float bit.
+    torchvision normalises, then resizes. Both are linear and the bilinear weights sum to one,
+    so they commute: the per-pixel affine runs on whichever image is smaller, which changes
+    only the last float bit. A photo larger than the network input (a phone's 12 MP) is
+    never converted to float at its own size: `downscale_bilinear` reads only the pixels the
+    interpolation uses.
     """
     validate_image(image)
     h, w = image.shape[:2]
     rh, rw = resized_size(h, w, min_size, max_size)
     scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
     shift = (-np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
-    if rh * rw >= h * w:
-        normalised = image.astype(np.float32) * scale + shift
-        resized = cv2.resize(normalised, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    else:
-        resized = cv2.resize(image.astype(np.float32), (rw, rh), interpolation=cv2.INTER_LINEAR)
-        resized = resized * scale + shift
     ph = -(-rh // size_divisible) * size_divisible
     pw = -(-rw // size_divisible) * size_divisible
     tensor = np.zeros((1, 3, ph, pw), np.float32)
+    if rh <= h and rw <= w:
+        resized = downscale_bilinear(image, rh, rw, scale, shift)
+    else:  # upscaling (the usual 640x480 -> 800x1066): normalise the smaller, original image
+        normalised = image.astype(np.float32) * scale + shift
+        resized = cv2.resize(normalised, (rw, rh), interpolation=cv2.INTER_LINEAR)
     tensor[0, :, :rh, :rw] = resized.transpose(2, 0, 1)
     return PreparedImage(tensor=tensor, original_size=(h, w), resized_size=(rh, rw))
+
+
+def _taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F.interpolate's bilinear taps along one axis (align_corners=False, scale in/out):
+    source index below and above each output position, and the weight of the one above."""
+    position = (np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5
+    position = np.maximum(position, 0.0)  # F.interpolate clamps negative source positions to 0
+    low = np.minimum(np.floor(position).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, (position - low).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _downscale_plan(in_h: int, in_w: int, out_h: int, out_w: int, scale: tuple, shift: tuple):
+    """For downscale_bilinear, per (input size, output size, normalisation): OpenCV maps that
+    fetch each output pixel's four source pixels, and each one's weight as a full image with
+    the per-channel scale folded in."""
+    y_low, y_high, wy = _taps(in_h, out_h)
+    x_low, x_high, wx = _taps(in_w, out_w)
+    xs = {key: np.ascontiguousarray(np.broadcast_to(idx.astype(np.float32)[None, :], (out_h, out_w)))
+          for key, idx in (("low", x_low), ("high", x_high))}
+    ys = {key: np.ascontiguousarray(np.broadcast_to(idx.astype(np.float32)[:, None], (out_h, out_w)))
+          for key, idx in (("low", y_low), ("high", y_high))}
+    channel_scale = np.asarray(scale, np.float32)[None, None, :]
+    corners = []
+    for y, fy in (("low", 1 - wy), ("high", wy)):
+        for x, fx in (("low", 1 - wx), ("high", wx)):
+            weight = (fy[:, None, None] * fx[None, :, None]) * channel_scale  # (out_h, out_w, C) float32
+            corners.append((xs[x], ys[y], np.ascontiguousarray(weight, np.float32)))
+    for mx, my, weight in corners:
+        for array in (mx, my, weight):
+            array.setflags(write=False)
+    return corners, np.asarray(shift, np.float32)
+
+
+def downscale_bilinear(image: np.ndarray, out_h: int, out_w: int, scale=(1.0, 1.0, 1.0),
+                       shift=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """(H, W, C) uint8 -> (out_h, out_w, C) float32 `bilinear(image) * scale + shift` (per
+    channel), out_h <= H and out_w <= W: half-pixel centres, as F.interpolate(mode="bilinear",
+    align_corners=False) without antialias.
+
+    Only the four source pixels each output pixel reads are fetched (OpenCV's nearest-pixel
+    remap at exact integer coordinates copies them unchanged), then accumulated with their
+    weights in float32. The cost follows the output's size, not the photo's: a 12 MP photo
+    is never converted to float at its own size.
+    """
+    channels = image.shape[2]
+    corners, offset = _downscale_plan(image.shape[0], image.shape[1], out_h, out_w,
+                                      tuple(float(v) for v in np.broadcast_to(scale, (channels,))),
+                                      tuple(float(v) for v in np.broadcast_to(shift, (channels,))))
+    out = np.empty((out_h, out_w, channels), np.float32)
+    out[...] = offset
+    for map_x, map_y, weight in corners:
+        pixels = cv2.remap(image, map_x, map_y, interpolation=cv2.INTER_NEAREST).astype(np.float32)
+        cv2.accumulateProduct(pixels, weight, out)  # out += pixels * weight, one pass
+    return out

@@ -210,7 +210,7 @@ def test_package_writes_a_deterministic_root_level_tarball(tmp_path, demo_model_
             assert m.mtime == packaging.FIXED_MTIME and m.uname == m.gname == ""
         tar.extractall(tmp_path / "unpacked", filter="data")
     unpacked = ModelDir.open(tmp_path / "unpacked", verify_checksums=True)
-    assert unpacked.config == json.loads((demo_model_dir / "model.json").read_text())
+    assert unpacked.config.to_json() == json.loads((demo_model_dir / "model.json").read_text())
 
 
 def test_package_leaves_out_pycache_and_links_that_leave_the_directory(tmp_path, demo_model_dir):

@@ -102,7 +102,8 @@ def test_level_assignment_matches_level_mapper():
     np.testing.assert_array_equal(assign_levels(boxes, pool), expected)
 
 
-@pytest.mark.parametrize("hw", [(480, 640), (481, 640), (300, 451), (1000, 3000), (333, 777), (17, 900), (800, 800)])
+@pytest.mark.parametrize("hw", [(480, 640), (481, 640), (300, 451), (1000, 3000), (333, 777), (17, 900), (800, 800),
+                                (3000, 4000), (1201, 1600), (801, 1067)])
 def test_resize_and_normalisation_match_generalized_rcnn_transform(hw):
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -150,3 +151,20 @@ def test_aligned_paste_inverts_torchvision_mask_targets():
     assert np.mean(aligned_ious) >= 0.95, np.mean(aligned_ious)
     assert np.mean(aligned_ious) > np.mean(torchvision_ious)
     assert paste_masks_aligned(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4), np.float32), (h, w), (1, 1)).shape == (0, h, w)
+
+
+@pytest.mark.parametrize(("hw", "out"), [((3000, 4000), (800, 1066)), ((600, 601), (600, 600)), ((9, 7), (1, 1)),
+                                         ((5, 3000), (2, 1333)), ((1, 1), (1, 1))])
+def test_downscale_reads_only_the_pixels_bilinear_uses_and_matches_interpolate(hw, out):
+    from engine.preprocess import downscale_bilinear
+
+    rng = np.random.default_rng(hw[0] + hw[1])
+    image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    before = image.copy()
+    ours = downscale_bilinear(image, *out)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=out,
+                                               mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    assert ours.dtype == np.float32 and ours.shape == (*out, 3)
+    # torch keeps the source scale in float32, we in float64: taps differ in the last bits
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=0.1)  # of 255
+    np.testing.assert_array_equal(image, before)  # the caller's array untouched
