@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from engine.backends.base import RPN_DELTAS_PREFIX, RPN_LOGITS_PREFIX  # the backends' rpn_output_names reads these
 from engine.model_config import (GRAPHS, MODEL_FORMAT, PASTE_MODES, BoxHeadConfig, GraphFile, GraphFiles, MaskHeadConfig,
                                  ModelConfig, RoIPoolConfig, RpnConfig, TransformConfig)
 from engine.model_dir import sha256_of
@@ -140,8 +141,8 @@ def export(
     box_settings, mask_settings = pool_settings(box_pool), pool_settings(mask_pool)
     num_levels = len(backbone_names)
     feature_outputs = [f"feature_{n}" for n in pooled_names]
-    logits_outputs = [f"rpn_logits_{i}" for i in range(num_levels)]
-    deltas_outputs = [f"rpn_deltas_{i}" for i in range(num_levels)]
+    logits_outputs = [f"{RPN_LOGITS_PREFIX}{i}" for i in range(num_levels)]
+    deltas_outputs = [f"{RPN_DELTAS_PREFIX}{i}" for i in range(num_levels)]
 
     parent = output_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
