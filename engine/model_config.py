@@ -54,6 +54,12 @@ def _fraction(value: float, where: str) -> None:
     _require(0.0 <= value <= 1.0, where, f"must be in [0, 1], got {value!r}")
 
 
+def _box_coder(weights: tuple, clip: float) -> None:
+    """torchvision BoxCoder(weights, bbox_xform_clip): both positive."""
+    _positive(weights, "box_coder_weights")
+    _positive(clip, "bbox_xform_clip")
+
+
 def _positive(values, where: str) -> None:
     for i, value in enumerate(values if isinstance(values, tuple) else (values,)):
         _require(value > 0, where if not isinstance(values, tuple) else f"{where}[{i}]",
@@ -198,8 +204,7 @@ class RpnConfig(_Section):
         _fraction(self.nms_thresh, "nms_thresh")
         _fraction(self.score_thresh, "score_thresh")
         _require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
-        _positive(self.box_coder_weights, "box_coder_weights")
-        _positive(self.bbox_xform_clip, "bbox_xform_clip")
+        _box_coder(self.box_coder_weights, self.bbox_xform_clip)
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,7 @@ class BoxHeadConfig(RoIPoolConfig):
 
     def check(self):
         super().check()
-        _positive(self.box_coder_weights, "box_coder_weights")
-        _positive(self.bbox_xform_clip, "bbox_xform_clip")
+        _box_coder(self.box_coder_weights, self.bbox_xform_clip)
         _fraction(self.score_thresh, "score_thresh")
         _fraction(self.nms_thresh, "nms_thresh")
         _positive(self.detections_per_img, "detections_per_img")

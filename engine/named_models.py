@@ -54,7 +54,12 @@ class NamedModel:
     @property
     def weights_file(self) -> str:
         """The file name torch.hub caches the weights under (its hash prefix included)."""
-        return Path(urlparse(self.weights_url).path).name
+        return url_file_name(self.weights_url)
+
+
+def url_file_name(url: str) -> str:
+    """The last path segment of `url`: the name torch.hub caches a download under."""
+    return Path(urlparse(url).path).name
 
 
 # The URLs are torchvision's own (tests/test_named_models.py compares them with its enums);
@@ -97,7 +102,7 @@ def _xdg_cache(environ: Mapping[str, str]) -> Path:
 
 def hub_checkpoint(url: str, environ: Mapping[str, str] = os.environ) -> Path:
     """Where torch.hub.load_state_dict_from_url caches `url`: <hub dir>/checkpoints/<file name>."""
-    return torch_hub_dir(environ) / "checkpoints" / Path(urlparse(url).path).name
+    return torch_hub_dir(environ) / "checkpoints" / url_file_name(url)
 
 
 def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 # torch-free, so `serve --model` shares them: the architectures, the download probe and its message
-from engine.named_models import ARCHS, download_hint, unreachable_reason
+from engine.named_models import ARCHS, download_hint, unreachable_reason, url_file_name
 
 
 class WeightsError(Exception):
@@ -40,9 +40,7 @@ def coco_weights(arch: str):
 
 def hub_checkpoint(url: str) -> Path:
     """Where torch.hub.load_state_dict_from_url caches `url`: <hub dir>/checkpoints/<file name>."""
-    from urllib.parse import urlparse
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / url_file_name(url)
 
 
 def coco_model(arch: str):

@@ -7,6 +7,9 @@
   run and how detections are matched to it.
 * free_port(): a free local TCP port (benchmarks.inputs.free_port).
 * model_dir_with_plans(tmp_path, ...): a model directory with fake TensorRT plans and their section.
+* published_state_dict(model), save_published_layout(model, path): a state_dict as torchvision
+  publishes its weights, in memory or as a file.
+* DEAD_PROXY: environment under which no download can succeed, even on a machine with network.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from engine.model_dir import sha256_of
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"  # the trained demo model, committed
 PHOTOS = ("astronaut", "coffee", "chelsea")
+DEAD_PROXY = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
 photo = skimage_photo  # the project root is on pytest's path (pyproject pythonpath)
 
 
@@ -155,3 +159,18 @@ def model_dir_with_plans(tmp_path, source=DEMO, **overrides) -> Path:
     config["tensorrt"] = section
     (target / "model.json").write_text(json.dumps(config))
     return target
+
+
+def published_state_dict(model) -> dict:
+    """`model`'s state_dict as torchvision publishes its weights (FrozenBatchNorm2d: no
+    num_batches_tracked buffers)."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def save_published_layout(model, path: Path) -> Path:
+    """published_state_dict(model) saved to `path` (parents created)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(published_state_dict(model), path)
+    return path

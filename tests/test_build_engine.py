@@ -54,17 +54,14 @@ def test_unreachable_reason_is_bounded_when_the_network_hangs(monkeypatch):
 
 
 def test_coco_weights_in_the_torch_hub_cache_are_used_without_a_download(tmp_path, r50_models):
-    import torch
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
+    from helpers import DEAD_PROXY, save_published_layout
+
     url = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    # torchvision's published layout (FrozenBatchNorm2d: no num_batches_tracked), under its file name
-    state = {k: v for k, v in r50_models("maskrcnn_resnet50_fpn").state_dict().items() if not k.endswith("num_batches_tracked")}
-    torch.save(state, checkpoints / Path(url).name)
-    # a dead proxy: any download attempt would fail, even on a machine with network
-    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    # torchvision's published layout, under its file name in the torch-hub cache
+    save_published_layout(r50_models("maskrcnn_resnet50_fpn"), tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name)
+    env = {"TORCH_HOME": str(tmp_path / "torch"), **DEAD_PROXY}  # any download attempt would fail
     result = run_cli("--weights", "coco", "--output", tmp_path / "coco", env_extra=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and "Downloading" not in result.stderr
@@ -91,8 +88,9 @@ def test_random_weights_build_a_loadable_untrained_model(tmp_path):
 def test_state_dict_file_published_layout_loads_and_bad_keys_are_listed(tmp_path, r50_models):
     import torch
 
-    # torchvision publishes FrozenBatchNorm2d checkpoints: no num_batches_tracked buffers
-    state = {k: v for k, v in r50_models("maskrcnn_resnet50_fpn").state_dict().items() if not k.endswith("num_batches_tracked")}
+    from helpers import published_state_dict
+
+    state = published_state_dict(r50_models("maskrcnn_resnet50_fpn"))
     good = tmp_path / "good.pth"
     torch.save(state, good)
     result = run_cli("--weights", good, "--output", tmp_path / "from-file")

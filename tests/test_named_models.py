@@ -21,12 +21,11 @@ import numpy as np
 import pytest
 
 import engine.named_models as named
-from helpers import match_detections, photo, torchvision_predict
+from helpers import DEAD_PROXY, match_detections, photo, save_published_layout, torchvision_predict
 from engine.errors import ModelDirError
 from server_process import REPO, ServerProcess, http_call, serve_command
 from server_fixtures import encode_pil
 
-DEAD_PROXY = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}  # no download can succeed
 
 
 @pytest.mark.parametrize("name", list(named.NAMED_MODELS))
@@ -134,15 +133,6 @@ def test_a_missing_weights_file_is_one_line(tmp_path):
 def test_weights_need_a_model_name(tmp_path):
     result = run_serve("--weights", str(tmp_path / "w.pth"), env={})
     assert result.returncode == 2 and "--weights goes with --model" in result.stderr
-
-
-def save_published_layout(model, path: Path) -> Path:
-    """A state_dict as torchvision publishes it (FrozenBatchNorm2d: no num_batches_tracked)."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
-    return path
 
 
 def test_weights_file_builds_the_named_model_and_replacing_it_rebuilds(tmp_path, r50_models):
