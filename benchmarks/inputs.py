@@ -1,4 +1,5 @@
-"""What the benchmarks feed the engine and the server: one photo, and a free local port."""
+"""What the benchmarks feed the engine and the server: one photo, a free local port, and a
+wait for a started server to answer /ping."""
 
 from __future__ import annotations
 
@@ -38,3 +39,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_ping(proc, port: int, log_path, deadline_s: float = 300.0) -> None:
+    """Poll http://127.0.0.1:port/ping until 200; RuntimeError if `proc` (a Popen) exits or
+    the deadline passes first."""
+    import http.client
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready within {deadline_s:g} s; see {log_path}")
+        time.sleep(0.1)

@@ -1,24 +1,35 @@
 #!/usr/bin/env python3
-"""Phone photos through the engine: time per stage and peak memory, 640x480 against 12 and 40 MP.
+"""Phone photos: time per stage and memory, 640x480 against 12 and 40 MP, in the engine and
+through the real server.
 
-    python benchmarks/large_photos.py [--model-dir DIR] [--runs 3]
+    python benchmarks/large_photos.py [--model-dir DIR] [--runs 3] [--server-requests 50] [--no-server]
 
-Each size runs in its own child process (so peak RSS belongs to that size alone): load the
-model, warm up on the photo, then `--runs` timed `predict` calls with score threshold 0.05
-and at most 100 detections (R50-FPN v1 with seeded random weights gives 100 at any size), then one
-render + JPEG encode of the answer. Peak memory of one request is the child's peak RSS
-(VmHWM, reset after the warm-up) during the requests minus its RSS after a warm-up on a
-640x480 photo, i.e. over the loaded model. The photos are skimage's `coffee` scaled up with bicubic interpolation (real content,
-smooth at large sizes, as a phone's photo is). Writes benchmarks/results/large_photos.json.
+The photos are skimage's `coffee` scaled up with bicubic interpolation (real content, smooth
+at large sizes, as a phone's photo is). Score threshold 0.05 and at most 100 detections: R50
+with seeded random weights (the default model) gives 100 at any size.
 
-Not measured here yet (issue 13): the same sizes through the real server (JSON with RLE
-masks, JPEG and PNG answers) and server memory over 50 large requests.
+Engine (each size in its own child process, so its peak RSS is its own): load the model,
+three warm-up requests at 640x480 (ONNX Runtime's arena reaches its steady size) and one at
+the size itself; then `--runs` timed `predict` calls; then, once each, making every mask crop,
+render + JPEG and render + PNG of the answer, the JSON with RLE masks. The peak memory of a
+request is the child's peak RSS (VmHWM, reset first) over one whole request as the server
+does it (decode the uploaded JPEG, predict, render and encode the JPEG answer), minus the
+RSS before it, i.e. over the loaded, warm model. Decoding is timed per kind of file (JPEG,
+grey JPEG, EXIF-rotated JPEG, PNG, grey PNG, 16-bit PNG).
+
+Server: `serve --model-dir` on a free port; warm-up requests, then per size and answer (JSON
+with RLE masks, JPEG, PNG) `--runs` requests timed as the client sees them; then
+`--server-requests` 12 MP requests (the three answers in turn), sampling the server's RSS
+after the first and after the last. Writes benchmarks/results/large_photos.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,11 +42,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import skimage_photo  # noqa: E402
+from benchmarks.inputs import free_port, skimage_photo, wait_for_ping  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 SCORE_THRESHOLD = 0.05  # torchvision's default; R50 with random weights still gives 100 detections
 SIZES = {"640x480": (480, 640), "4000x3000 (12 MP)": (3000, 4000), "7300x5500 (40 MP)": (5500, 7300)}
+SERVER_SIZES = ("640x480", "4000x3000 (12 MP)")
+CA = "X-Amzn-SageMaker-Custom-Attributes"
+ANSWERS = {  # name -> (Accept, custom attributes)
+    "json_rle": ("application/json", {"include": ["masks", "scores"], "mask_format": "rle"}),
+    "jpeg": ("image/jpeg", {}),
+    "png": ("image/png", {}),
+}
 
 
 def photo_of_size(h: int, w: int) -> np.ndarray:
@@ -44,59 +62,177 @@ def photo_of_size(h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(skimage_photo("coffee"), (w, h), interpolation=cv2.INTER_CUBIC))
 
 
-def rss_mb() -> float:
-    """This process's current resident set (Linux /proc), MiB."""
-    with open("/proc/self/statm") as f:
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def rss_mb(pid: str = "self") -> float:
+    """A process's current resident set (Linux /proc), MiB."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def reset_peak_rss() -> None:
+def reset_peak_rss(pid: str = "self") -> None:
     """Start a new peak (VmHWM) from the current RSS (Linux >= 4.0: clear_refs 5)."""
-    with open("/proc/self/clear_refs", "w") as f:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb(pid: str = "self") -> float:
     """Peak RSS since the last reset_peak_rss() (VmHWM), MiB."""
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
 
 
+def timed(fn, runs: int = 1) -> tuple[float, object]:
+    """Median seconds of `runs` calls of fn, and its last result."""
+    times, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def decode_kinds(photo: np.ndarray) -> dict:
+    """The photo as each kind of upload: JPEG q90, grey JPEG, JPEG with EXIF orientation 6
+    (stored sideways), PNG, grey PNG, 16-bit PNG."""
+    import cv2
+    from PIL import Image
+
+    bgr = np.ascontiguousarray(photo[..., ::-1])
+    gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(photo, 1))).save(rotated, "JPEG", quality=90, exif=exif.tobytes())
+    return {
+        "jpeg": jpeg_bytes(photo),
+        "jpeg_gray": cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+        "jpeg_exif_rotated": rotated.getvalue(),
+        "png": cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes(),
+        "png_gray": cv2.imencode(".png", gray, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes(),
+        "png_16bit": cv2.imencode(".png", bgr.astype(np.uint16) * 257, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes(),
+    }
+
+
 def measure_one(model_dir: str, h: int, w: int, runs: int) -> dict:
-    """In the child: load, warm up, time predict per stage, then render + encode once."""
-    from engine import Engine
+    """In the child: load, warm up, time each stage, then the memory of one whole request."""
+    from engine import Engine, decode_image
     from engine.render import encode_image, render_detections
+    from server.negotiation import RequestOptions
+    from server.responses import detections_to_json
 
     engine = Engine.load(model_dir)
-    engine.predict(photo_of_size(480, 640), score_threshold=SCORE_THRESHOLD, max_detections=100)
+    small = photo_of_size(480, 640)
+    for _ in range(3):  # ONNX Runtime's arena grows over the first requests, then stays
+        engine.predict(small, score_threshold=SCORE_THRESHOLD, max_detections=100)
     photo = photo_of_size(h, w)
-    # Everything up to here (model, a 640x480 request's buffers, the photo) is the baseline.
-    reset_peak_rss()
-    baseline = rss_mb()
+    upload = jpeg_bytes(photo)
+    predict = lambda: engine.predict(photo, score_threshold=SCORE_THRESHOLD, max_detections=100)  # noqa: E731
+    predict()  # this size's first request (its resize plan is built once per size)
     times, stages = [], []
     for _ in range(runs):
         start = time.perf_counter()
-        detections = engine.predict(photo, score_threshold=SCORE_THRESHOLD, max_detections=100)
+        detections = predict()
         times.append(time.perf_counter() - start)
         stages.append(detections.timings)
-    start = time.perf_counter()
-    encode_image(render_detections(photo, detections), "jpeg")
-    render_s = time.perf_counter() - start
+    paste_s, _ = timed(lambda: [crop.mask.shape for crop in detections.mask_crops])
+    render_jpeg_s, answer = timed(lambda: encode_image(render_detections(photo, detections), "jpeg", overwrite=True))
+    render_png_s, _ = timed(lambda: encode_image(render_detections(photo, detections), "png", overwrite=True))
+    json_s, body = timed(lambda: json.dumps(detections_to_json(detections, RequestOptions(include=frozenset({"masks"})))))
+    decode_s = {kind: round(timed(lambda data=data: decode_image(data), 3)[0], 4)
+                for kind, data in decode_kinds(photo).items()}
+    count = len(detections)
+    del detections, answer, body
+
+    def whole_request():  # as the server runs one: decode the upload, predict, JPEG answer
+        image = decode_image(upload)
+        det = engine.predict(image, score_threshold=SCORE_THRESHOLD, max_detections=100)
+        return encode_image(render_detections(image, det), "jpeg", overwrite=True)
+
+    del photo
+    whole_request()
+    before = rss_mb()
+    reset_peak_rss()
+    whole_request()
     return {
-        "detections": len(detections),
+        "detections": count,
         "predict_median_s": round(float(np.median(times)), 4),
         "predict_runs_s": [round(t, 4) for t in times],
         "stages_median_ms": {k: round(float(np.median([s[k] for s in stages])), 1) for k in stages[0]},
-        "render_jpeg_s": round(render_s, 4),
-        "baseline_rss_mb": round(baseline, 1),
-        "request_peak_over_baseline_mb": round(peak_rss_mb() - baseline, 1),
+        "paste_all_crops_s": round(paste_s, 4),
+        "render_jpeg_s": round(render_jpeg_s, 4),
+        "render_png_s": round(render_png_s, 4),
+        "json_rle_s": round(json_s, 4),
+        "decode_s": decode_s,
+        "upload_jpeg_mb": round(len(upload) / 2**20, 2),
+        "rss_before_request_mb": round(before, 1),
+        "request_peak_over_warm_model_mb": round(peak_rss_mb() - before, 1),
     }
+
+
+def post(port: int, body: bytes, answer: str) -> tuple[float, int, int]:
+    """One invocation: (seconds as the client sees them, status, response bytes)."""
+    accept, attributes = ANSWERS[answer]
+    attributes = {**attributes, "score_threshold": SCORE_THRESHOLD, "max_detections": 100}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", "/invocations", body=body,
+                 headers={"Content-Type": "image/jpeg", "Accept": accept, CA: json.dumps(attributes)})
+    resp = conn.getresponse()
+    data = resp.read()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed, resp.status, len(data)
+
+
+def measure_server(model_dir: str, runs: int, requests: int) -> dict:
+    """The real `serve` process: latency per size and answer, and RSS over many large requests."""
+    port = free_port()
+    log = open(Path(tempfile.mkdtemp(prefix="large-photos-serve-")) / "serve.log", "wb")
+    command = [str(Path(sys.executable).with_name("serve")), "--model-dir", model_dir, "--port", str(port),
+               "--host", "127.0.0.1"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pid = str(proc.pid)
+    try:
+        wait_for_ping(proc, port, log.name)
+        bodies = {label: jpeg_bytes(photo_of_size(*SIZES[label])) for label in SERVER_SIZES}
+        for _ in range(3):
+            post(port, bodies["640x480"], "json_rle")
+        latency = {}
+        for label in SERVER_SIZES:
+            for answer in ANSWERS:
+                post(port, bodies[label], answer)  # warm: the first request of its kind
+                samples = [post(port, bodies[label], answer) for _ in range(runs)]
+                assert all(status == 200 for _, status, _ in samples), samples
+                latency[f"{label} {answer}"] = {"median_s": round(float(np.median([s[0] for s in samples])), 4),
+                                                "response_bytes": samples[-1][2]}
+        for answer in ANSWERS:
+            large, small = latency[f"{SERVER_SIZES[1]} {answer}"], latency[f"{SERVER_SIZES[0]} {answer}"]
+            large["ratio_to_640x480"] = round(large["median_s"] / small["median_s"], 3)
+        answers = list(ANSWERS)
+        rss = []
+        for i in range(requests):
+            _, status, _ = post(port, bodies[SERVER_SIZES[1]], answers[i % len(answers)])
+            assert status == 200, status
+            rss.append(round(rss_mb(pid), 1))
+        return {"latency": latency, "requests": requests, "rss_after_first_mb": rss[0], "rss_after_last_mb": rss[-1],
+                "rss_max_between_requests_mb": max(rss), "growth_first_to_last": round(rss[-1] / rss[0] - 1, 4)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="default: R50-FPN v1 with seeded random weights, exported to a temp dir")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--server-requests", type=int, default=50)
+    parser.add_argument("--no-server", action="store_true", help="only the engine figures")
     parser.add_argument("--child", nargs=3, metavar=("MODEL_DIR", "H", "W"), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "large_photos.json")
     args = parser.parse_args(argv)
@@ -120,8 +256,11 @@ def main(argv=None) -> int:
     small = results["640x480"]["predict_median_s"]
     for label in SIZES:
         results[label]["predict_ratio_to_640x480"] = round(results[label]["predict_median_s"] / small, 3)
-    write_results({"benchmark": "large_photos", "model_dir": model_dir, "runs": args.runs,
-                   "score_threshold": SCORE_THRESHOLD, "max_detections": 100, "sizes": results}, args.output)
+    report = {"benchmark": "large_photos", "model_dir": model_dir, "runs": args.runs,
+              "score_threshold": SCORE_THRESHOLD, "max_detections": 100, "sizes": results}
+    if not args.no_server:
+        report["server"] = measure_server(model_dir, args.runs, args.server_requests)
+    write_results(report, args.output)
     return 0
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.inputs import free_port, benchmark_photo_jpeg  # noqa: E402
+from benchmarks.inputs import free_port, benchmark_photo_jpeg, wait_for_ping  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
@@ -59,6 +59,7 @@ class ReplayEngine:
         self.model_name = engine.model_name
         self.backend_name = f"replay of {engine.backend_name}"
         self.untrained = engine.untrained
+        self.demo = engine.demo
         self._detections = engine.predict(decode_image(body))
 
     def predict(self, image, score_threshold=0.5, max_detections=100, class_ids=None):
@@ -125,20 +126,7 @@ def over_http(command: list[str], body: bytes, repeats: int, log_path: Path) -> 
         proc = subprocess.Popen(command + ["--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/ping")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready within 300 s; see {log_path}")
-            time.sleep(0.1)
+        wait_for_ping(proc, port, log_path)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # kept alive
 
         def call(accept):

@@ -7,7 +7,7 @@
       -> box_head (graph) on the proposals, split by FPN level             (P, C), (P, 4C)
       -> postprocess_detections (numpy): decode, threshold, NMS, top-k     (N, 4)
       -> mask_head (graph) on those N boxes only                           (N, M, M)
-      -> postprocess: boxes scaled to the input image, masks pasted        (N, H, W)
+      -> postprocess: boxes scaled to the input image; masks kept as crops, pasted on access
 
 Each arrow is a method of Engine under torchvision's name for the stage; `predict` runs them.
 """
@@ -24,7 +24,7 @@ from .backends import create_backend
 from .backends.base import Backend, DenseOutputs
 from .detect import select_detections, split_by_level
 from .detections import Detections
-from .masks import paste_masks, paste_masks_aligned
+from .masks import PastedMasks
 from .model_defaults import is_demo_model
 from .model_dir import ModelDir
 from .preprocess import PreparedImage, preprocess, validate_image
@@ -109,7 +109,9 @@ class Engine:
             mask_probs = timer.lap("mask_head", self.mask_head(dense, boxes, labels))
         finally:
             self.backend.release(dense)
-        boxes, masks = timer.lap("paste", self.postprocess(boxes, mask_probs, prepared))
+        # masks are pasted when a consumer reads them (the renderer, the mask encoders), one
+        # at a time: at photo size they would be N * H * W bytes
+        boxes, masks = timer.lap("postprocess", self.postprocess(boxes, mask_probs, prepared))
         return Detections(
             boxes=boxes,
             scores=scores.astype(np.float32),
@@ -155,20 +157,16 @@ class Engine:
         return split.restore(self.backend.run_mask_head(dense.features, split.rois, ordered_labels))
 
     def postprocess(self, boxes: np.ndarray, mask_probs: np.ndarray, prepared: PreparedImage):
-        """GeneralizedRCNNTransform.postprocess: boxes scaled to the input image, masks pasted
-        into it: (N, 4) float32 and (N, H, W) bool."""
+        """GeneralizedRCNNTransform.postprocess: boxes (N, 4) float32 scaled to the input
+        image, and the masks to paste into it (PastedMasks: each mask is pasted, exactly as
+        torchvision's paste_masks_in_image, when a consumer asks for its crop)."""
         boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
-        return boxes, self._paste(mask_probs, boxes, prepared)
-
-    def _paste(self, mask_probs, boxes, prepared):
-        """torchvision's paste (the default), or the opt-in aligned paste (model.json
-        mask_head.paste = "aligned"; see engine.masks.paste_masks_aligned)."""
         head = self.config.mask_head
-        threshold = head.mask_threshold
-        if head.paste == "aligned":
-            factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
-            return paste_masks_aligned(mask_probs, boxes, prepared.original_size, factor, threshold)
-        return paste_masks(mask_probs, boxes, prepared.original_size, threshold)
+        # the aligned paste (opt-in, model.json mask_head.paste = "aligned") needs the
+        # network frame's scale; see engine.masks.paste_masks_aligned
+        factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
+        return boxes, PastedMasks(mask_probs, boxes, prepared.original_size, head.mask_threshold,
+                                  mode=head.paste, resize_factor=factor)
 
 
 class _StageTimer:

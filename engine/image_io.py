@@ -198,18 +198,26 @@ def decode_image(data: bytes | bytearray | memoryview) -> np.ndarray:
 
 
 def _png_to_rgb8(raw: np.ndarray) -> np.ndarray:
-    """OpenCV's IMREAD_UNCHANGED output (gray, BGR or BGRA; uint8 or uint16) -> RGB uint8."""
+    """OpenCV's IMREAD_UNCHANGED output (gray, BGR or BGRA; uint8 or uint16) -> RGB uint8.
+
+    Float work (alpha compositing) runs in bands of rows, so a 40-megapixel RGBA PNG needs
+    a few MB of temporaries rather than a float copy of the whole image."""
     if raw.ndim == 2:
         raw = raw[:, :, None]
     channels = raw.shape[2]
-    maxval = 65535.0 if raw.dtype == np.uint16 else 255.0
     if channels in (2, 4):  # colour/gray plus alpha: composite over white
-        alpha = raw[:, :, -1:].astype(np.float32) * (1.0 / maxval)
-        colour = raw[:, :, :-1].astype(np.float32) * (255.0 / maxval)
-        rgb = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        rgb = np.empty((*raw.shape[:2], channels - 1), np.uint8)
+        maxval = 65535.0 if raw.dtype == np.uint16 else 255.0
+        band = max(1, (1 << 18) // raw.shape[1])
+        for top in range(0, raw.shape[0], band):
+            rows = raw[top:top + band]
+            alpha = rows[:, :, -1:].astype(np.float32) * (1.0 / maxval)
+            colour = rows[:, :, :-1].astype(np.float32) * (255.0 / maxval)
+            rgb[top:top + band] = np.rint(colour * alpha + 255.0 * (1.0 - alpha))
     elif raw.dtype == np.uint16:
-        # round(x / 257), exactly, in integers; OpenCV's own conversion truncates (x >> 8).
-        rgb = ((raw.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        # round(x / 257): exact in OpenCV's float arithmetic (x / 257 is never a tie; checked
+        # for all 65536 values in the tests), where its plain conversion truncates (x >> 8).
+        rgb = cv2.convertScaleAbs(raw, alpha=1.0 / 257.0).reshape(raw.shape)
     else:
         rgb = raw
     if rgb.shape[2] == 1:

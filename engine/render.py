@@ -32,37 +32,49 @@ def _make_palette(n: int = 48) -> np.ndarray:
 PALETTE = _make_palette()
 
 
+def prepare_thread() -> None:
+    """Set up OpenCV's text rendering on the calling thread: OpenCV 5 does it on a thread's
+    first getTextSize or putText, ~25 ms. Threads that render answers call this once first."""
+    cv2.getTextSize("warm-up", _FONT, 1.0, 1)
+
+
 def instance_colour(index: int) -> tuple[int, int, int]:
     """The RGB colour of the index-th detection (index 0 = highest score)."""
     return tuple(int(c) for c in PALETTE[index % len(PALETTE)])
 
 
-def render_detections(image: np.ndarray, detections) -> np.ndarray:
+def render_detections(image: np.ndarray, detections, overwrite: bool = False) -> np.ndarray:
     """The image with each instance's mask blended in its own colour, box and caption.
 
     Args:
-        image: (H, W, 3) uint8 RGB; not modified.
+        image: (H, W, 3) uint8 RGB; not modified unless `overwrite`.
         detections: an `engine.Detections` for this image (boxes (N, 4) x1, y1, x2, y2 in
-            image pixels; masks (N, H, W) bool; labels; scores), highest score first.
+            image pixels; mask_crops, read one crop at a time; labels; scores), highest
+            score first.
+
+        overwrite: draw on `image` itself (when it is C-contiguous and writeable), for a
+            caller that no longer needs it: saves an image-sized copy (120 MB at 40 MP).
 
     Returns:
-        A new (H, W, 3) uint8 RGB array; a plain copy when there are no detections. Line
+        A new (H, W, 3) uint8 RGB array (`image` itself with overwrite); a plain copy when
+        there are no detections. Line
         widths and text size scale with the image, so captions stay legible from thumbnails
         to 40-megapixel photos; captions are laid out by `caption_layout` (never overlapping,
         always inside the image) on a backing in the instance colour.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    out = np.array(image, copy=True, order="C")
+    in_place = overwrite and image.flags.c_contiguous and image.flags.writeable
+    out = image if in_place else np.array(image, copy=True, order="C")
     n = len(detections.scores)
     if n == 0:
         return out
     h, w = out.shape[:2]
     line = max(1, round(2 * max(h, w) / 640.0))  # 2 px on the classic 640x480 photo
 
-    masks = np.asarray(detections.masks, dtype=bool)
-    if masks.shape != (n, h, w):
-        raise ValueError(f"masks of shape {masks.shape} do not fit {n} detections on a {h}x{w} image")
+    masks = detections.mask_crops
+    if len(masks) != n or masks.image_size != (h, w):
+        raise ValueError(f"{len(masks)} masks on {masks.image_size} do not fit {n} detections on a {h}x{w} image")
     _blend_masks(out, masks)
     boxes = np.asarray(detections.boxes, np.float64)
     for i in reversed(range(n)):
@@ -76,27 +88,40 @@ def render_detections(image: np.ndarray, detections) -> np.ndarray:
     return out
 
 
-def _blend_masks(out: np.ndarray, masks: np.ndarray) -> None:
+def _blend_masks(out: np.ndarray, masks) -> None:
     """Tint every masked pixel: out = (1 - alpha) * out + alpha * colour of its instance.
 
-    Where masks overlap, the highest-scoring instance's colour wins (rather than a muddy
-    mix). One pass over the image whatever the number of instances: each mask only writes
-    its index into a label map, over its bounding rectangle.
+    `masks` is an `engine.masks.InstanceMasks` on `out`'s size. Where masks overlap, the
+    highest-scoring instance's colour wins (rather than a muddy mix). Each crop is made once
+    and only writes its index into a label map over the masks' union rectangle; the tint is
+    then one pass over that rectangle, in bands of rows so its temporaries stay small. The
+    per-pixel work is OpenCV's (masked copies, a lookup table): numpy's masked copy and
+    fancy indexing took 0.26 s of a 12-megapixel render.
     """
-    h, w = out.shape[:2]
-    label = np.zeros((h, w), np.uint16)  # 0: no instance; i + 1: instance i
-    for i in reversed(range(len(masks))):  # lowest score first: the best is written last
-        mask = masks[i]
-        x, y, bw, bh = cv2.boundingRect(mask.view(np.uint8))  # SIMD scan of the full mask
-        if bw and bh:
-            np.copyto(label[y:y + bh, x:x + bw], i + 1, where=mask[y:y + bh, x:x + bw])
-    covered = label > 0
-    if not covered.any():
+    extents = masks.extents()
+    present = (extents[:, 2] > extents[:, 0]) & (extents[:, 3] > extents[:, 1])
+    if not present.any():
         return
-    lut = np.zeros((len(masks) + 1, 3), np.uint8)
-    lut[1:] = PALETTE[np.arange(len(masks)) % len(PALETTE)]
-    tinted = cv2.addWeighted(out, 1.0 - MASK_ALPHA, lut[label], MASK_ALPHA, 0.0)
-    np.copyto(out, tinted, where=covered[:, :, None])
+    ux0, uy0 = (int(v) for v in extents[present, :2].min(axis=0))
+    ux1, uy1 = (int(v) for v in extents[present, 2:].max(axis=0))
+    n = len(masks)
+    small = n < 256  # label values fit OpenCV's 8-bit lookup table
+    label = np.zeros((uy1 - uy0, ux1 - ux0), np.uint8 if small else np.uint16)  # 0: none; i + 1: instance i
+    for i in reversed(np.flatnonzero(present).tolist()):  # lowest score first: the best is written last
+        mask, x, y = masks.crop(i)
+        region = label[y - uy0:y - uy0 + mask.shape[0], x - ux0:x - ux0 + mask.shape[1]]
+        cv2.copyTo(np.full(mask.shape, i + 1, label.dtype), mask.view(np.uint8), region)
+    lut = np.zeros((256 if small else n + 1, 3), np.uint8)
+    lut[1:n + 1] = PALETTE[np.arange(n) % len(PALETTE)]
+    band = max(1, (1 << 20) // (ux1 - ux0))  # about a megapixel per band
+    for top in range(0, uy1 - uy0, band):
+        rows = label[top:top + band]
+        covered = (rows > 0).view(np.uint8)
+        if not covered.any():
+            continue
+        colours = cv2.LUT(cv2.merge([rows, rows, rows]), lut[:, None, :]) if small else np.take(lut, rows, axis=0)
+        region = out[uy0 + top:uy0 + top + rows.shape[0], ux0:ux1]
+        cv2.copyTo(cv2.addWeighted(region, 1.0 - MASK_ALPHA, colours, MASK_ALPHA, 0.0), covered, region)
 
 
 class CaptionLayout(NamedTuple):
@@ -247,12 +272,20 @@ _ENCODE_PARAMS = {
 }
 
 
-def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB array as 'jpeg' or 'png' bytes."""
+def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int = 90, overwrite: bool = False) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB array as 'jpeg' or 'png' bytes.
+
+    OpenCV encodes BGR: with overwrite=True the array itself is converted in place (for
+    callers that no longer need it, e.g. a freshly rendered answer), saving an image-sized copy.
+    """
     if fmt not in _ENCODE_PARAMS:
         raise ValueError(f"unsupported image format {fmt!r}; expected 'jpeg' or 'png'")
     ext, params = _ENCODE_PARAMS[fmt](jpeg_quality)
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if overwrite and rgb.flags.c_contiguous and rgb.flags.writeable:
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb)
+    else:
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(ext, bgr, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {rgb.shape} image as {fmt}")
     return buf.tobytes()

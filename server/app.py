@@ -22,6 +22,7 @@ import falcon
 
 from engine.image_io import probe_image
 from engine.model_defaults import demo_notice
+from engine.render import prepare_thread
 
 from . import errors
 from .config import ServerConfig
@@ -222,7 +223,8 @@ def create_app(engine, config: ServerConfig | None = None,
     """
     config = config or ServerConfig()
     slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
-    executor = executor or InferenceExecutor(config.workers, config.queue_size)
+    # inference threads render the image answers: their OpenCV text set-up is done up front
+    executor = executor or InferenceExecutor(config.workers, config.queue_size, initializer=prepare_thread)
     app = falcon.App(middleware=[RequestLogger(), OnlyDeclaredMethods()])
     app.req_options.strip_url_path_trailing_slash = True
     invocations = InvocationsResource(slot, executor, config)

@@ -18,20 +18,29 @@ import cv2
 import numpy as np
 
 
-def rle_counts(mask: np.ndarray) -> np.ndarray:
-    """Uncompressed COCO run lengths of an (H, W) bool mask, column-major, int64."""
-    h, w = mask.shape
-    cols = np.flatnonzero(mask.any(axis=0))
-    if cols.size == 0:
+def rle_counts(mask: np.ndarray, x: int = 0, y: int = 0, image_size=None) -> np.ndarray:
+    """Uncompressed COCO run lengths, column-major, int64, of an (H, W) bool mask, or of a
+    mask given as its crop: `mask` (h, w) covers rows y.. and columns x.. of an image of
+    `image_size` (H, W), every pixel outside it being 0. The crop is never pasted.
+    """
+    h, w = image_size if image_size is not None else mask.shape
+    bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))  # the set pixels' rectangle
+    if bw == 0 or bh == 0:
         return np.array([h * w], np.int64)
-    x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    # Only the columns that hold the mask: all columns outside are zeros, so the runs of
-    # this contiguous slice of the column-major sequence, shifted by x0 * h, are the runs
-    # of the whole mask.
-    seq = np.ascontiguousarray(mask[:, x0:x1].T).reshape(-1).view(np.int8)
-    # Positions where the value changes, the pixel before the slice being a 0.
-    changes = np.flatnonzero(np.diff(seq, prepend=0, append=0)) + x0 * h
-    if changes[-1] == h * w:  # the mask reaches the last pixel: no trailing run of 0s
+    # Outside that rectangle every pixel is 0. Its columns, each between two 0s (a column
+    # of the transposed block per row), so that every run opens and closes inside its row.
+    cells = np.zeros((bw, bh + 2), np.uint8)
+    cells[:, 1:-1] = cv2.transpose(mask[by:by + bh, bx:bx + bw].view(np.uint8))
+    flat = cells.reshape(-1)
+    column, row = np.divmod(np.flatnonzero(flat[1:] != flat[:-1]) + 1, bh + 2)
+    # column-major index of each change (the first pixel of a run) in the whole image
+    changes = (x + bx + column) * h + (y + by - 1) + row
+    if bh == h:
+        # Whole columns: a run reaching the bottom closes on the index where a run opening
+        # at the top of the next column starts; the two changes cancel.
+        same = np.flatnonzero(changes[1:] == changes[:-1])
+        changes = np.delete(changes, np.r_[same, same + 1])
+    if changes.size and changes[-1] == h * w:  # the mask reaches the last pixel: no trailing run of 0s
         changes = changes[:-1]
     return np.diff(changes, prepend=0, append=h * w).astype(np.int64)
 
@@ -55,16 +64,19 @@ def encode_counts(counts: np.ndarray) -> str:
     return chars[chars != 0].tobytes().decode("ascii")
 
 
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of an (H, W) bool mask: {"size": [H, W], "counts": str}."""
+def encode_rle(mask: np.ndarray, x: int = 0, y: int = 0, image_size=None) -> dict:
+    """COCO compressed RLE {"size": [H, W], "counts": str} of an (H, W) bool mask, or of a
+    crop of one (see `rle_counts`)."""
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
     mask = mask.astype(bool, copy=False)
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": encode_counts(rle_counts(mask))}
+    h, w = image_size if image_size is not None else mask.shape
+    return {"size": [int(h), int(w)], "counts": encode_counts(rle_counts(mask, x, y, (h, w)))}
 
 
-def encode_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of an (H, W) bool mask as COCO polygons [[x0, y0, x1, y1, ...], ...].
+def encode_polygons(mask: np.ndarray, x: int = 0, y: int = 0) -> list[list[float]]:
+    """Outer contours of an (H, W) bool mask as COCO polygons [[x0, y0, x1, y1, ...], ...];
+    for a crop of a mask whose top-left pixel is image pixel (x, y), in image pixels.
 
     Coordinates are pixel centres (x right, y down) in image pixels. Holes are not
     represented (COCO polygons cannot express them); contours with fewer than three points
@@ -73,12 +85,16 @@ def encode_polygons(mask: np.ndarray) -> list[list[float]]:
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
     m = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
-    x, y, bw, bh = cv2.boundingRect(m)
+    bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(m))
     if bw == 0 or bh == 0:
         return []
-    crop = np.ascontiguousarray(m[y:y + bh, x:x + bw])
-    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+    crop = np.ascontiguousarray(m[by:by + bh, bx:bx + bw])
+    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x + bx, y + by))
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-MASK_ENCODERS = {"rle": encode_rle, "polygon": encode_polygons}
+# mask_format -> encoder of one engine.masks.MaskCrop on an image of (H, W)
+MASK_ENCODERS = {
+    "rle": lambda crop, image_size: encode_rle(crop.mask, crop.x, crop.y, image_size),
+    "polygon": lambda crop, image_size: encode_polygons(crop.mask, crop.x, crop.y),
+}

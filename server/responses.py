@@ -46,7 +46,8 @@ def detections_to_json(det, options: RequestOptions) -> dict:
         out["class_ids"] = det.class_ids.tolist()
     if "masks" in options.include:
         encode = MASK_ENCODERS[options.mask_format]
-        out["masks"] = [encode(m) for m in det.masks]
+        # crop by crop: one mask pasted at a time, never the (N, H, W) array
+        out["masks"] = [encode(crop, det.image_size) for crop in det.mask_crops]
     return out
 
 
@@ -56,7 +57,10 @@ def _json_body(image, det, options, jpeg_quality) -> bytes:
 
 def _image_body(fmt: str):
     def encode(image, det, options, jpeg_quality) -> bytes:
-        return encode_image(render_detections(image, det), fmt, jpeg_quality=jpeg_quality)
+        # the decoded upload is not needed after this: draw on it and convert it to BGR in
+        # place, so an image answer holds one image-sized array, not three
+        return encode_image(render_detections(image, det, overwrite=True), fmt, jpeg_quality=jpeg_quality,
+                            overwrite=True)
 
     return encode
 

@@ -136,6 +136,23 @@ def test_16bit_gray_png():
     np.testing.assert_array_equal(img[:, :, 2], expected)
 
 
+def test_every_16bit_value_is_rounded():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    ok, png = cv2.imencode(".png", values)
+    img = decode_image(png.tobytes())
+    np.testing.assert_array_equal(img[:, :, 1], ((values.astype(np.uint32) + 128) // 257).astype(np.uint8))
+
+
+def test_large_rgba_is_composited_band_by_band_like_the_whole():
+    """Compositing runs in bands of rows: a picture many bands tall matches the whole-image formula."""
+    rng = np.random.default_rng(8)
+    rgba = rng.integers(0, 256, (700, 1000, 4), dtype=np.uint8)  # several bands of ~262 rows
+    img = decode_image(encode_pil(rgba, "PNG"))
+    a = rgba[..., 3:].astype(np.float32) / 255
+    expected = np.rint(rgba[..., :3].astype(np.float32) * a + 255 * (1 - a)).astype(np.uint8)
+    np.testing.assert_array_equal(img, expected)
+
+
 def test_rgba_is_composited_over_white():
     rgba = np.zeros((4, 3, 4), np.uint8)
     rgba[..., :3] = (200, 40, 0)

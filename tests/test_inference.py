@@ -84,3 +84,21 @@ def test_waiting_longer_than_the_timeout_is_504(engine, jpeg_body):
         engine.gate.set()
         first.join(10)
     assert len(engine.calls) == 1  # the refused request never reached the engine
+
+
+def test_jobs_run_on_long_lived_prepared_threads():
+    """Each job runs on one of `workers` threads started with the executor, each prepared by
+    the initializer once before any job, never on the HTTP thread that asked."""
+    prepared = []
+    executor = InferenceExecutor(workers=2, queue_size=4, initializer=lambda: prepared.append(threading.get_ident()))
+    assert len(prepared) == 2  # both started up front, not on the first request
+    ran_on = set()
+    for _ in range(6):
+        callers = [threading.Thread(target=lambda: ran_on.add(executor.run(threading.get_ident))) for _ in range(2)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(10)
+    assert ran_on <= set(prepared) and threading.get_ident() not in ran_on
+    assert executor.run(lambda: threading.current_thread().name).startswith("inference")
+    assert len(prepared) == 2

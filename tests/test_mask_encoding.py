@@ -149,3 +149,71 @@ def test_polygons_of_empty_and_tiny_masks():
     single = np.zeros((10, 10), bool)
     single[4, 4] = True
     assert encode_polygons(single) == []  # fewer than three points is not a polygon
+
+
+# Masks given as crops (what the engine's Detections.mask_crops yields): the same JSON as
+# the full-size mask, without the full-size mask ever being made.
+
+
+def random_crop_of(rng, h: int, w: int, full_height: bool = False):
+    """A random mask set only inside a random rectangle: (full mask, crop, x, y)."""
+    y0, x0 = (0, int(rng.integers(0, w))) if full_height else (int(rng.integers(0, h)), int(rng.integers(0, w)))
+    y1 = h if full_height else int(rng.integers(y0 + 1, h + 1))
+    x1 = int(rng.integers(x0 + 1, w + 1))
+    full = np.zeros((h, w), bool)
+    full[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.choice([0.1, 0.5, 0.95])
+    return full, full[y0:y1, x0:x1], x0, y0
+
+
+@pytest.mark.parametrize("full_height", [False, True])
+def test_crops_encode_to_the_full_masks_rle(full_height):
+    rng = np.random.default_rng(11 + full_height)
+    for _ in range(800):
+        h, w = (int(v) for v in rng.integers(1, 30, size=2))
+        full, crop, x, y = random_crop_of(rng, h, w, full_height)
+        assert encode_rle(crop, x, y, (h, w)) == reference(full)
+        np.testing.assert_array_equal(rle_counts(crop, x, y, (h, w)), rle_counts(full))
+
+
+def test_crops_at_every_border_and_corner_encode_like_full_masks():
+    h, w = 23, 31
+    cases = {"top-left": (0, 0, 5, 7), "bottom-right": (18, 24, 23, 31), "bottom row": (22, 0, 23, 31),
+             "right column": (0, 30, 23, 31), "whole image": (0, 0, 23, 31), "one pixel": (11, 13, 12, 14),
+             "last pixel": (22, 30, 23, 31), "first pixel": (0, 0, 1, 1)}
+    for name, (y0, x0, y1, x1) in cases.items():
+        for fill in ("all", "none", "checker"):
+            full = np.zeros((h, w), bool)
+            if fill == "all":
+                full[y0:y1, x0:x1] = True
+            elif fill == "checker":
+                full[y0:y1, x0:x1] = (np.indices((y1 - y0, x1 - x0)).sum(axis=0) % 2).astype(bool)
+            assert encode_rle(full[y0:y1, x0:x1], x0, y0, (h, w)) == reference(full), (name, fill)
+
+
+def test_crops_give_the_full_masks_polygons():
+    h, w = 120, 160
+    mask = disc_mask(h, w, 100, 50, 30) | disc_mask(h, w, 30, 90, 15)
+    ys, xs = np.nonzero(mask)
+    y0, x0 = ys.min() - 3, xs.min() - 2
+    crop = mask[y0:ys.max() + 5, x0:xs.max() + 1]
+    assert encode_polygons(crop, int(x0), int(y0)) == encode_polygons(mask)
+    assert encode_polygons(np.zeros((0, 0), bool), 5, 5) == []
+
+
+def test_server_json_masks_come_from_the_crops():
+    """The JSON answer's masks are the encodings of the detections' crops, and the same as
+    encoding the full-size masks (a detection whose crop is empty gets an empty mask)."""
+    from engine.detections import Detections
+    from engine.masks import PastedMasks
+    from server.negotiation import RequestOptions
+    from server.responses import detections_to_json
+
+    rng = np.random.default_rng(2)
+    h, w = 64, 90
+    boxes = np.array([[0, 0, w, h], [80, 50, 90, 64], [10, 10, 11, 11], [w, h, w, h]], np.float32)
+    det = Detections(boxes=boxes, scores=np.array([0.9, 0.8, 0.7, 0.6], np.float32), class_ids=np.ones(4, np.int64),
+                     labels=["thing"] * 4, masks=PastedMasks(rng.random((4, 28, 28)).astype(np.float32), boxes, (h, w)),
+                     image_size=(h, w))
+    for mask_format, encode in (("rle", encode_rle), ("polygon", encode_polygons)):
+        out = detections_to_json(det, RequestOptions(include=frozenset({"masks"}), mask_format=mask_format))
+        assert out["masks"] == [encode(m) for m in det.masks]

@@ -26,6 +26,21 @@ def test_input_is_not_modified():
     np.testing.assert_array_equal(astronaut, before)
 
 
+def test_overwrite_draws_on_the_image_itself_with_the_same_pixels():
+    astronaut = photo("astronaut")
+    det = fake_detections(*astronaut.shape[:2])
+    expected = render_detections(astronaut, det)
+    target = astronaut.copy()
+    assert render_detections(target, det, overwrite=True) is target
+    np.testing.assert_array_equal(target, expected)
+    frozen = astronaut.copy()
+    frozen.setflags(write=False)  # not writeable: drawn on a copy instead
+    assert render_detections(frozen, det, overwrite=True) is not frozen
+    bgr_target = expected.copy()
+    assert encode_image(bgr_target, "png", overwrite=True) == encode_image(expected, "png")
+    np.testing.assert_array_equal(bgr_target, expected[:, :, ::-1])  # converted in place
+
+
 def test_mask_is_blended_in_its_colour_and_background_untouched():
     coffee = photo("coffee")
     h, w = coffee.shape[:2]
@@ -355,3 +370,44 @@ def test_astronaut_captions_through_the_demo_model(demo_model_dir):
         assert backing_share(out, rect, instance_colour(i)) > 0.5, i  # a solid backing
         x1, y1, x2, y2 = rect
         assert abs(x1 - max(box[0], 0)) <= 60 and y2 >= box[1] - 40 and y1 <= box[3] + 1, (i, rect, box)
+
+
+# Rendering from crops (the engine's PastedMasks) is rendering the full-size masks.
+
+
+def reference_blend(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The tint from full-size (N, H, W) masks, plainly: each pixel takes the colour of the
+    best-scoring instance covering it, blended at MASK_ALPHA."""
+    label = np.zeros(image.shape[:2], np.int64)
+    for i in reversed(range(len(masks))):
+        label[masks[i]] = i + 1
+    colours = PALETTE[(np.maximum(label, 1) - 1) % len(PALETTE)]
+    tinted = cv2.addWeighted(image, 1.0 - MASK_ALPHA, colours, MASK_ALPHA, 0.0)
+    return np.where(label[:, :, None] > 0, tinted, image)
+
+
+@pytest.mark.parametrize("n", [1, 12, 300])  # 300: past the 8-bit label map
+def test_masks_rendered_from_crops_are_the_full_masks(n):
+    from engine.masks import PastedMasks
+    from engine.render import _blend_masks
+
+    rng = np.random.default_rng(n)
+    image = photo("chelsea")
+    h, w = image.shape[:2]
+    x0, y0 = rng.uniform(-30, w, n), rng.uniform(-30, h, n)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(1, w / 2, n), y0 + rng.uniform(1, h / 2, n)], axis=1)
+    boxes[0] = [0, 0, w, h]
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+    boxes = boxes.astype(np.float32)
+    masks = PastedMasks(rng.random((n, 28, 28)).astype(np.float32), boxes, (h, w))
+    blended = image.copy()
+    _blend_masks(blended, masks)
+    np.testing.assert_array_equal(blended, reference_blend(image, masks.to_array()))
+    if n > 12:
+        return  # the captions of hundreds of instances take a while to lay out, and are not the point
+    scores = np.linspace(0.99, 0.3, n).astype(np.float32)
+    common = dict(boxes=boxes, scores=scores, class_ids=np.ones(n, np.int64), labels=["cat"] * n, image_size=(h, w))
+    from_crops = render_detections(image, Detections(masks=masks, **common))
+    from_full = render_detections(image, Detections(masks=masks.to_array(), **common))
+    np.testing.assert_array_equal(from_crops, from_full)

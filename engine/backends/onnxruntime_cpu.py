@@ -45,6 +45,10 @@ class OnnxRuntimeCpuBackend(Backend):
         # numpy stages between graphs and the rendering after predict (measured: render +
         # encode 26 -> 16 ms, predict 4.1 -> 3.6 s on 2 loaded cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # ONNX Runtime's memory pattern plans one block per input shape from the second run
+        # on, allocated beside the arena chunks the first run left: R50's steady RSS went
+        # 965 -> 1496 MB with it, at the same speed, so it is off (the arena still reuses buffers).
+        options.enable_mem_pattern = False
         self.sessions = {}
         for key in GRAPHS:
             path = model_dir.graph_path(key)
