@@ -60,6 +60,18 @@ def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:
     return port
 
 
+def allow_open_files(wanted: int) -> None:
+    """Raise this process's soft open-file limit towards `wanted` (at most the hard limit):
+    each connection is a file descriptor, and containers often start with a soft 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        logger.info("open-file limit raised from %d to %d", soft, target)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] == "serve":
         argv = argv[1:]
@@ -155,12 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ModelDirError) as exc:
         sys.exit(f"serve: error: {exc}")
 
+    allow_open_files(config.max_connections + 256)  # the connections, plus the model's files and logs
     slot = EngineSlot()
     app = create_app(slot, config)
     # waitress's own limit (a plain-text 413) only backs up the app's JSON one.
     try:
         server = waitress.create_server(app, host=args.host, port=port, threads=threads,
                                         max_request_body_size=4 * config.max_body_bytes,
+                                        connection_limit=config.max_connections,
                                         ident="maskrcnn-serve", asyncore_use_poll=True)
     except OSError as exc:  # port taken, address not available
         sys.exit(f"serve: error: cannot listen on {args.host}:{port}: {exc}")
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "max_body_bytes": config.max_body_bytes}})
     threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend, config, stop, failed),
                      name="model-loader", daemon=True).start()
-    serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S)
+    serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S, request_timeout_s=config.request_timeout_s)
     logger.info("stopped")
     sys.exit(1 if failed.is_set() else 0)
 

@@ -15,6 +15,8 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | backend           | MASKRCNN_BACKEND (--backend wins)                         | auto             |
 | threads           | MASKRCNN_THREADS (inference threads, shared by workers)   | usable cores     |
 | cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
+| request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
+| max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
 
 The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
 server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
@@ -44,6 +46,12 @@ DEFAULT_QUEUE_SIZE = 8
 DEFAULT_TIMEOUT_S = 60.0  # SageMaker gives /invocations 60 s
 DEFAULT_ACCEPT = JSON
 DEFAULT_RETRY_AFTER_S = 2
+# A request whose headers and body have not all arrived this long after its first byte is
+# dropped (408): SageMaker's own limit for a whole invocation is 60 s.
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+# waitress stops accepting at its connection limit (100 by default), which a hundred stalled
+# clients could reach, and then /ping starves; a stalled connection costs a few kB here.
+DEFAULT_MAX_CONNECTIONS = 2000
 # HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
 SPARE_HTTP_THREADS = 2
 # Limits fixed by the API rather than by deployment.
@@ -66,6 +74,8 @@ class ServerConfig:
     backend: str = "auto"
     threads: int | None = None  # None: every core this process may use
     cuda_tf32: bool = False
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def __post_init__(self):
         if self.max_body_bytes < 1:
@@ -78,6 +88,10 @@ class ServerConfig:
             raise ValueError(f"queue_size must be 0 or more, got {self.queue_size}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.default_accept not in RESPONSE_TYPES:
@@ -114,6 +128,8 @@ class ServerConfig:
             ("timeout_s", "SAGEMAKER_MODEL_SERVER_TIMEOUT", float),
             ("retry_after_s", "MASKRCNN_RETRY_AFTER_S", int),
             ("threads", "MASKRCNN_THREADS", int),
+            ("request_timeout_s", "MASKRCNN_REQUEST_TIMEOUT_S", float),
+            ("max_connections", "MASKRCNN_MAX_CONNECTIONS", int),
         ]:
             if name in environ:
                 kw[key] = _number(environ, name, kind)

@@ -6,10 +6,18 @@ it ignores SIGTERM, which is how SageMaker (and `docker stop`) ask a container t
 `stop` is set, it closes the listening sockets (new connections are refused), lets every
 request already received finish and its response be flushed, closes idle keep-alive
 connections, and returns.
+
+It also drops slow requests, which waitress does not: waitress reads every request body in
+its event loop before a worker sees it, so a stalled or trickling client costs no thread,
+but its channel_timeout only closes connections idle for two minutes, and a client sending
+a byte a second is never idle. `SlowRequestReaper` answers 408 and closes any connection
+whose request (headers and body) has not fully arrived `timeout_s` after its first byte,
+freeing what was buffered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,7 +39,57 @@ def _busy(channel: HTTPChannel) -> bool:
     return bool(channel.requests or channel.total_outbufs_len or channel.request is not None)
 
 
-def serve_until(server, stop: threading.Event, grace_s: float = 25.0, poll_s: float = 0.2) -> bool:
+class SlowRequestReaper:
+    """Closes, with a 408, connections whose request takes over `timeout_s` to arrive.
+
+    `sweep(socket_map)` is called from the event loop (waitress's channels are only touched
+    there); it looks at the channels at most every `interval_s`, so a thousand connections
+    cost one pass a second, not one per event.
+    """
+
+    def __init__(self, timeout_s: float, interval_s: float = 1.0):
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+        self._first_byte: dict[int, tuple[object, float]] = {}  # channel id -> (its parser, when it began)
+        self._next_sweep = 0.0
+        self.dropped = 0
+
+    def sweep(self, socket_map) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.interval_s
+        seen = {}
+        for channel in list(socket_map.values()):
+            # `request` is the parser of a request still being received; `requests`, those
+            # received and being answered (never cut off)
+            if not isinstance(channel, HTTPChannel) or channel.request is None or channel.requests:
+                continue
+            parser, began = self._first_byte.get(id(channel), (None, now))
+            if parser is not channel.request:
+                began = now  # a new request on this connection
+            seen[id(channel)] = (channel.request, began)
+            if now - began > self.timeout_s:
+                self._drop(channel)
+                del seen[id(channel)]
+        self._first_byte = seen
+
+    def _drop(self, channel) -> None:
+        body = json.dumps({"error": f"the request did not arrive within {self.timeout_s:g} s",
+                           "status": 408}).encode()
+        head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            channel.socket.send(head + body)  # a few bytes: fits the socket buffer, or is lost
+        except OSError:
+            pass
+        self.dropped += 1
+        logger.info("dropped a request from %s that did not arrive within %g s", channel.addr, self.timeout_s)
+        channel.handle_close()
+
+
+def serve_until(server, stop: threading.Event, grace_s: float = 25.0, poll_s: float = 0.2,
+                request_timeout_s: float | None = None) -> bool:
     """Serve until `stop` is set; then drain for at most `grace_s` seconds and close.
 
     Args:
@@ -39,14 +97,18 @@ def serve_until(server, stop: threading.Event, grace_s: float = 25.0, poll_s: fl
         stop: set it (from a signal handler or another thread) to begin the shutdown.
         grace_s: how long in-flight requests may take to finish after `stop`.
         poll_s: event-loop wake-up interval, the latency of noticing `stop`.
+        request_timeout_s: drop (408) requests that take longer to arrive; None: never.
 
     Returns:
         True if every in-flight request finished within the grace period.
     """
     socket_map = _socket_map(server)
     use_poll = server.adj.asyncore_use_poll
+    reaper = SlowRequestReaper(request_timeout_s) if request_timeout_s else None
     while not stop.is_set():
         wasyncore.loop(timeout=poll_s, use_poll=use_poll, map=socket_map, count=1)
+        if reaper:
+            reaper.sweep(socket_map)
 
     for dispatcher in list(socket_map.values()):
         if isinstance(dispatcher, BaseWSGIServer):

@@ -289,3 +289,59 @@ def test_a_12_megapixel_photo_costs_the_server_little_memory(small_model_dir, tm
     assert decode_image(replies["image/png"].content).shape == (3000, 4000, 3)
     print(f"12 MP requests: server peak {peak_mb:.0f} MB over the warm model")
     assert peak_mb < 200, f"12 MP requests took the server {peak_mb:.0f} MB over the warm model (bound 150 MB)"
+
+
+def test_sigterm_with_a_full_queue_finishes_every_accepted_request(small_model_dir, tmp_path):
+    """SIGTERM while every worker and queue slot is taken and more clients were refused (503):
+    each accepted request still gets its 200, new connections are refused, and the process
+    exits 0 well inside SageMaker's 30 s."""
+    import cv2
+    from skimage import data
+
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log", extra_env={"MASKRCNN_QUEUE_SIZE": "6"})
+    capacity, extra = 1 + 6, 5  # one worker, six waiting; five more are turned away
+    # big enough that every client has arrived before the first answer is done
+    photo = encode_pil(cv2.resize(data.coffee(), (2400, 1800), interpolation=cv2.INTER_CUBIC), "JPEG", quality=90)
+    results, lock = [], threading.Lock()
+
+    def invoke():
+        try:
+            reply = http_call(srv.url + "/invocations", body=photo, timeout=60,
+                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+            outcome = (reply.status_code, len(reply.content))
+        except OSError as exc:
+            outcome = (type(exc).__name__, 0)
+        with lock:
+            results.append(outcome)
+
+    try:
+        srv.wait_ready()
+        clients = [threading.Thread(target=invoke) for _ in range(capacity + extra)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 30
+        while [status for status, _ in results].count(503) < extra:  # all there: the rest were admitted
+            assert time.monotonic() < deadline and 200 not in [status for status, _ in results], results
+            time.sleep(0.01)
+        srv.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        while True:  # the listener closes within a poll interval: new clients are refused at once
+            try:
+                http_call(srv.url + "/ping", method="GET", timeout=5)
+            except OSError:
+                break
+            assert time.monotonic() - signalled < 5, "still accepting connections 5 s after SIGTERM"
+            time.sleep(0.05)
+        assert srv.proc.wait(timeout=30) == 0
+        exited_after = time.monotonic() - signalled
+        for t in clients:
+            t.join(30)
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+        srv.stop()
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * capacity + [503] * extra, statuses
+    assert all(size > 0 for _, size in results)
+    assert exited_after < 25, f"exited {exited_after:.1f} s after SIGTERM"
+    print(f"SIGTERM with a full queue: {capacity} answered 200, {extra} refused 503, exit after {exited_after:.1f} s")

@@ -1,0 +1,109 @@
+"""Slow and stalled clients against the real `serve` process: a thousand of them neither take
+/ping off the air nor slow ordinary requests, and their requests are dropped (408) once they
+have taken longer than MASKRCNN_REQUEST_TIMEOUT_S to arrive. Loopback only, bounded time."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server_fixtures import encode_pil
+from server_process import ServerProcess, http_call
+
+STALLED, TRICKLING = 500, 500
+TIMEOUT_S = 15
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _open_slow_request(port: int) -> socket.socket:
+    """A connection that has sent an invocation's headers and the first bytes of its body."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+                 b"Content-Length: 200000\r\n\r\n\xff\xd8\xff")
+    return sock
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_NOFILE"), reason="needs POSIX file limits")
+def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:  # this process holds the clients' thousand sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log",
+                        extra_env={"MASKRCNN_REQUEST_TIMEOUT_S": str(TIMEOUT_S)})
+    clients: list[socket.socket] = []
+    stop_trickle = threading.Event()
+    try:
+        srv.wait_ready()
+        body = encode_pil(np.asarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3)), np.uint8), "JPEG")
+
+        def invoke() -> float:
+            start = time.perf_counter()
+            reply = http_call(srv.url + "/invocations", body=body, headers={"Content-Type": "image/jpeg"}, timeout=60)
+            assert reply.status_code == 200, reply.content[:200]
+            return time.perf_counter() - start
+
+        def ping() -> float:
+            start = time.perf_counter()
+            assert srv.ping(timeout=5) == 200
+            return time.perf_counter() - start
+
+        invoke()
+        usual = float(np.median([invoke() for _ in range(5)]))
+        rss_before = _rss_mb(srv.proc.pid)
+
+        opened_at = time.monotonic()
+        clients = [_open_slow_request(srv.port) for _ in range(STALLED + TRICKLING)]
+        trickling = clients[STALLED:]
+
+        def trickle():  # one byte per connection about every second, never idle long
+            while not stop_trickle.is_set():
+                for sock in trickling:
+                    try:
+                        sock.send(b"\x00")
+                    except OSError:
+                        pass
+                stop_trickle.wait(1.0)
+
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.0)  # let the server accept and read them all
+        pings = sorted(ping() for _ in range(20))
+        during = float(np.median([invoke() for _ in range(5)]))
+        rss_with = _rss_mb(srv.proc.pid)
+        assert time.monotonic() - opened_at < TIMEOUT_S, "the measurements ran into the request timeout"
+        print(f"1000 slow connections: /ping max {pings[-1] * 1e3:.1f} ms, p95 {pings[-2] * 1e3:.1f} ms; "
+              f"invocation {usual * 1e3:.0f} -> {during * 1e3:.0f} ms; server RSS {rss_before:.0f} -> {rss_with:.0f} MB")
+        assert pings[-2] < 0.1, f"/ping p95 {pings[-2] * 1e3:.0f} ms with 1000 slow clients"
+        assert during < 1.5 * usual + 0.05, f"invocations slowed from {usual:.3f} to {during:.3f} s"
+        assert rss_with - rss_before < 200, f"1000 slow connections took {rss_with - rss_before:.0f} MB"
+
+        # Past the timeout every slow request is answered 408 and its connection closed.
+        deadline = opened_at + TIMEOUT_S + 10
+        answers = []
+        for sock in clients[:50] + trickling[:50]:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = b""
+            try:
+                while chunk := sock.recv(4096):
+                    data += chunk
+            except (ConnectionResetError, TimeoutError, socket.timeout):
+                pass
+            answers.append(data)
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), [a[:40] for a in answers if not a.startswith(b"HTTP/1.1 408")][:3]
+        assert b'"status": 408' in answers[0]
+        assert ping() < 0.1 and invoke() < 1.5 * usual + 0.05  # and the server is as before
+        assert "did not arrive within" in srv.log()
+    finally:
+        stop_trickle.set()
+        for sock in clients:
+            sock.close()
+        srv.proc.terminate()
+        srv.proc.wait(30)
