@@ -34,6 +34,11 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers that stand alone, without a length field.
 _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 _EXIF_ORIENTATION_TAG = 0x0112
+# decode_image refuses a header declaring more pixels than this before OpenCV allocates any:
+# libjpeg pads missing scan data with grey, so a 631-byte JPEG declaring 30000x30000 would
+# otherwise decode to 2.7 GB (5.3 GB peak, 18 s). The largest camera sensors are 200 MP.
+# The server refuses far smaller images first (MASKRCNN_MAX_MEGAPIXELS, 40 by default).
+MAX_DECODE_MEGAPIXELS = 200.0
 
 
 class ImageInfo(NamedTuple):
@@ -168,15 +173,24 @@ def _exif_orientation(tiff: bytes) -> int:
     return 1
 
 
-def decode_image(data: bytes | bytearray | memoryview) -> np.ndarray:
+def decode_image(data: bytes | bytearray | memoryview,
+                 max_megapixels: float | None = MAX_DECODE_MEGAPIXELS) -> np.ndarray:
     """Decode a JPEG or PNG to an (H, W, 3) uint8 RGB, C-contiguous array, as displayed.
+
+    max_megapixels: refuse, from the header alone, an image declaring more pixels (None: only
+    OpenCV's own limit of 2**30 pixels).
 
     Raises:
         TypeError: data is not bytes-like.
-        ImageDecodeError: not a JPEG or PNG, truncated or corrupt.
+        ImageDecodeError: not a JPEG or PNG, over max_megapixels, truncated or corrupt.
     """
     data = _as_bytes(data)
     info = probe_image(data)
+    if max_megapixels is not None and info.megapixels > max_megapixels:
+        raise ImageDecodeError(f"the {info.format.upper()} header declares {info.width}x{info.height} = "
+                               f"{info.megapixels:.1f} megapixels; the decode limit is {max_megapixels:g}")
+    if info.format == "png":
+        _check_png_chunk_lengths(data)
     buf = np.frombuffer(data, np.uint8)
     try:
         if info.format == "jpeg":
@@ -195,6 +209,24 @@ def decode_image(data: bytes | bytearray | memoryview) -> np.ndarray:
         raise ImageDecodeError(f"corrupt {info.format.upper()}: the header says {info.width}x{info.height} "
                                f"but {image.shape[1]}x{image.shape[0]} pixels were decoded")
     return np.ascontiguousarray(image)
+
+
+def _check_png_chunk_lengths(data: bytes) -> None:
+    """Refuse a PNG with a chunk whose declared length runs past the end of the data.
+
+    OpenCV 5's PNG reader (PngDecoder::read_chunk) allocates and zero-fills a chunk's declared
+    length, up to 4 GiB, before it finds the data short: a 1.7 KB PNG with a small IHDR (so
+    it passes the megapixel limit) cost 4 GB and 5 s. Walking the chunk headers costs
+    microseconds (a few hundred chunks in a 6 MB PNG)."""
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if pos + 12 + length > n:  # length, type, data, CRC: OpenCV reads them all at once
+            raise ImageDecodeError(f"cannot decode the PNG image: truncated or corrupt data (chunk {ctype!r} "
+                                   f"at byte {pos} declares {length} bytes, {n - pos - 12} follow)")
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
 
 
 def _png_to_rgb8(raw: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@
     GET  /execution-parameters                   Batch Transform settings
     GET  /                                       a web page to try the service (server/static/)
     GET  /static/{file}                          its script, style sheet, icon and sample scene
+    GET  /openapi.json                           the OpenAPI 3.1 document of all of the above
 
 Resources are thin: negotiation.py validates headers, responses.py does the work on the
 inference executor, errors.py turns every exception into a JSON error.
@@ -27,7 +28,7 @@ from engine.render import prepare_thread
 from . import errors
 from .config import ServerConfig
 from .errors import BadRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
-from .inference import InferenceExecutor, InferenceTimeoutError, QueueFullError
+from .inference import InferenceExecutor, InferenceTimeoutError, MemoryBudget, MemoryBudgetError, QueueFullError
 from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_type,
                           parse_custom_attributes, request_image_type)
 from .responses import run_invocation
@@ -35,6 +36,7 @@ from .responses import run_invocation
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"  # hand-written; tests/test_openapi.py checks it
 BATCH_STRATEGY = "SingleRecord"  # one image per request (see ExecutionParametersResource)
 MAX_TRANSFORM_PAYLOAD_MB = 100  # CreateTransformJob's upper bound for MaxPayloadInMB
 # The page loads only its own script and style sheet and calls only this origin; images it
@@ -97,6 +99,7 @@ class InvocationsResource:
         self._slot = slot
         self._executor = executor
         self._config = config
+        self._budget = MemoryBudget(config.memory_budget_mb * 2**20, config.workers)
 
     def on_post(self, req, resp, endpoint_name: str | None = None):
         config = self._config
@@ -116,12 +119,18 @@ class InvocationsResource:
             raise PayloadTooLarge(f"image is {info.width}x{info.height} = {info.megapixels:.1f} "
                                   f"megapixels; the limit is {config.max_megapixels:g}")
         try:
+            ticket = self._budget.admit(len(data), info.width * info.height)
+        except MemoryBudgetError as exc:
+            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
+        try:
             result = self._executor.run(run_invocation, engine, data, options, response_type,
                                         config.jpeg_quality, timeout=config.timeout_s)
         except QueueFullError as exc:
             raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
         except InferenceTimeoutError as exc:
             raise GatewayTimeout(str(exc)) from None
+        finally:
+            self._budget.release(ticket)
         req.context.detections = result.detections
         req.context.inference_ms = round(result.inference_ms, 1)
         resp.content_type = result.content_type
@@ -144,6 +153,17 @@ class PageResource:
         resp.set_header("X-Content-Type-Options", "nosniff")
 
     on_head = on_get  # Falcon sends no body for HEAD
+
+
+class OpenApiResource:
+    """GET /openapi.json: the API's OpenAPI 3.1 document, the file as it is in the package."""
+
+    def __init__(self, path: Path):
+        self._path = path
+
+    def on_get(self, req, resp):
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._path.read_bytes()  # a few kB; read per request, like the page
 
 
 class ExecutionParametersResource:
@@ -233,6 +253,7 @@ def create_app(engine, config: ServerConfig | None = None,
     app.add_route("/endpoints/{endpoint_name}/invocations", invocations)
     app.add_route("/execution-parameters", ExecutionParametersResource(config))
     app.add_route("/", PageResource(STATIC_DIR))
+    app.add_route("/openapi.json", OpenApiResource(OPENAPI_PATH))
     app.add_static_route("/static", STATIC_DIR)
     errors.install(app)
     return app

@@ -17,6 +17,7 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
 | request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
+| memory_budget_mb  | MASKRCNN_MEMORY_BUDGET_MB (admission, server.inference)   | 1800             |
 
 The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
 server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
@@ -52,6 +53,9 @@ DEFAULT_REQUEST_TIMEOUT_S = 60.0
 # waitress stops accepting at its connection limit (100 by default), which a hundred stalled
 # clients could reach, and then /ping starves; a stalled connection costs a few kB here.
 DEFAULT_MAX_CONNECTIONS = 2000
+# Admission by memory (server.inference.MemoryBudget), sized for a 2 GiB instance with the R50
+# model: it idles at about 1 GB and a full queue of 40-megapixel PNG answers peaked at 1.45 GB.
+DEFAULT_MEMORY_BUDGET_MB = 1800
 # HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
 SPARE_HTTP_THREADS = 2
 # Limits fixed by the API rather than by deployment.
@@ -76,6 +80,7 @@ class ServerConfig:
     cuda_tf32: bool = False
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
 
     def __post_init__(self):
         if self.max_body_bytes < 1:
@@ -90,6 +95,8 @@ class ServerConfig:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.memory_budget_mb < 1:
+            raise ValueError(f"memory_budget_mb must be at least 1, got {self.memory_budget_mb}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
         if self.threads is not None and self.threads < 1:
@@ -130,6 +137,7 @@ class ServerConfig:
             ("threads", "MASKRCNN_THREADS", int),
             ("request_timeout_s", "MASKRCNN_REQUEST_TIMEOUT_S", float),
             ("max_connections", "MASKRCNN_MAX_CONNECTIONS", int),
+            ("memory_budget_mb", "MASKRCNN_MEMORY_BUDGET_MB", int),
         ]:
             if name in environ:
                 kw[key] = _number(environ, name, kind)

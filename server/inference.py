@@ -76,3 +76,70 @@ class InferenceExecutor:
             with self._lock:
                 self._admitted -= 1
             self._admission.release()
+
+
+class MemoryBudgetError(Exception):
+    """Admitting the request could take the process past its memory budget."""
+
+
+class MemoryBudget:
+    """Admission by memory: refuse a request (before its pixels exist) when the memory the
+    admitted requests may need, on top of the process's idle size, would pass `budget_bytes`.
+
+    A request may need its body (held while it waits) and, while it runs, its working memory,
+    estimated from the pixel count its header declares: `BYTES_PER_PIXEL` per pixel (decoded
+    RGB, the label map of the rendered answer, the largest mask crop, the encoder's output;
+    measured 7.4 B/px for a 40-megapixel PNG answer with the R50 model, so 10 leaves room).
+    Only `workers` requests run at once, so the need is every admitted body plus the
+    `workers` largest working estimates. The idle size is the process's RSS at the first
+    admission (the model is loaded and warm by then). A request arriving when nothing is
+    admitted is always taken, so a budget smaller than the model only serialises requests.
+    """
+
+    BYTES_PER_PIXEL = 10
+
+    def __init__(self, budget_bytes: int, workers: int = 1):
+        self.budget_bytes = int(budget_bytes)
+        self.workers = workers
+        self.idle_bytes: int | None = None
+        self._admitted: dict[int, tuple[int, int]] = {}  # ticket -> (body bytes, working bytes)
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def need(self, admitted) -> int:
+        """Bytes over the idle size that the given (body, working) requests may take at once."""
+        bodies = sum(body for body, _ in admitted)
+        working = sorted((w for _, w in admitted), reverse=True)[:self.workers]
+        return bodies + sum(working)
+
+    def admit(self, body_bytes: int, pixels: int) -> int:
+        """A ticket for `release`, or MemoryBudgetError."""
+        request = (int(body_bytes), int(pixels) * self.BYTES_PER_PIXEL)
+        with self._lock:
+            if self.idle_bytes is None:
+                self.idle_bytes = _rss_bytes()
+            admitted = list(self._admitted.values())
+            if admitted and self.idle_bytes + self.need(admitted + [request]) > self.budget_bytes:
+                mb = 2**20
+                raise MemoryBudgetError(
+                    f"memory budget: {len(admitted)} request(s) in progress may need "
+                    f"{self.need(admitted) // mb} MB over the idle {self.idle_bytes // mb} MB, and this one "
+                    f"{request[0] // mb + request[1] // mb} MB more; the budget is {self.budget_bytes // mb} MB")
+            self._next += 1
+            self._admitted[self._next] = request
+            return self._next
+
+    def release(self, ticket: int) -> None:
+        with self._lock:
+            self._admitted.pop(ticket, None)
+
+
+def _rss_bytes() -> int:
+    """This process's resident set (Linux /proc); 0 where there is none (no idle size known)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0

@@ -3,7 +3,7 @@
 * `request_image_type(content_type)`: which bodies are accepted (415 otherwise).
 * `choose_response_type(accept, response_type, default)`: the seed's rule, Accept first.
 * `parse_custom_attributes(header, class_names)`: X-Amzn-SageMaker-Custom-Attributes ->
-  a typed `RequestOptions` (400 naming the key on a bad value).
+  a typed `RequestOptions` (400 naming the key, and the expected type, on a bad value).
 """
 
 from __future__ import annotations
@@ -129,8 +129,45 @@ def choose_response_type(accept: str | None, response_type: str | None, default:
     return max(scored)[1]
 
 
+def _is_number(value) -> bool:
+    """A finite JSON number. bool is an int subclass in Python but not a number in JSON; an
+    int is checked without float() (an int of 400 digits overflows it)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_integer(value) -> bool:
+    """A JSON integer as JSON Schema defines it: a number with no fractional part, so 7.0
+    (what some JSON writers emit for 7) counts and 2.5 does not."""
+    return _is_number(value) and (isinstance(value, int) or value.is_integer())
+
+
+def _is_string_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# key -> (accepts its JSON type, the type as the 400's message names it). The values are then
+# checked (ranges, names) by parse_custom_attributes.
+ATTRIBUTE_TYPES = {
+    "response_type": (lambda v: isinstance(v, str), f"a string, one of {', '.join(RESPONSE_TYPE_NAMES)}"),
+    "score_threshold": (_is_number, "a number from 0 to 1"),
+    "max_detections": (_is_integer, f"an integer from 1 to {MAX_DETECTIONS_LIMIT}"),
+    "classes": (_is_string_list, 'a list of strings (class names), e.g. ["person"]'),
+    "include": (_is_string_list, f"a list of strings among {', '.join(INCLUDABLE)}"),
+    "mask_format": (lambda v: isinstance(v, str), f"a string, one of {', '.join(sorted(set(MASK_FORMATS)))}"),
+}
+
+
 def parse_custom_attributes(header: str | None, class_names: list[str]) -> RequestOptions:
-    """X-Amzn-SageMaker-Custom-Attributes (a JSON object) -> RequestOptions; unknown keys ignored."""
+    """X-Amzn-SageMaker-Custom-Attributes (a JSON object) -> RequestOptions.
+
+    The type rule (server/openapi.json's CustomAttributes schema says the same): each key has
+    one JSON type, listed in ATTRIBUTE_TYPES; a value of another type is a 400 naming the key
+    and the type, and nothing is coerced (no "0.5" for 0.5, no true for 1, no "cat" for
+    ["cat"]). A `null` value is the same as leaving the key out, and so is "" for
+    response_type (the seed's default). Unknown keys are ignored, for forward compatibility.
+    """
     if header is None or not header.strip():
         return RequestOptions()
     if len(header) > MAX_CUSTOM_ATTRIBUTES_CHARS:
@@ -138,63 +175,58 @@ def parse_custom_attributes(header: str | None, class_names: list[str]) -> Reque
                          f"the limit is {MAX_CUSTOM_ATTRIBUTES_CHARS}")
     try:
         attrs = json.loads(header)
+    except RecursionError:  # ~1000 nested arrays fit in the 1024 characters (found by fuzzing)
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} is not valid JSON: {exc}") from None
     if not isinstance(attrs, dict):
         raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be a JSON object, e.g. "
                          '{"response_type": "json"}')
+    for key, (accepts, expected) in ATTRIBUTE_TYPES.items():
+        if attrs.get(key) is not None and not accepts(attrs[key]):
+            raise BadRequest(f"{key} must be {expected}, got {_as_json(attrs[key])}")
     kw = {}
     if attrs.get("response_type") not in (None, ""):
         kw["response_type"] = _choice(attrs, "response_type", RESPONSE_TYPE_NAMES)
-    if "score_threshold" in attrs:
+    if attrs.get("score_threshold") is not None:
         value = attrs["score_threshold"]
-        if not _is_number(value) or not 0.0 <= value <= 1.0:
-            raise BadRequest(f"score_threshold must be a number from 0 to 1, got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            raise BadRequest(f"score_threshold must be a number from 0 to 1, got {_as_json(value)}")
         kw["score_threshold"] = float(value)
-    if "max_detections" in attrs:
-        value = attrs["max_detections"]
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DETECTIONS_LIMIT:
+    if attrs.get("max_detections") is not None:
+        value = int(attrs["max_detections"])  # 7.0 is the integer 7 in JSON (see _is_integer)
+        if not 1 <= value <= MAX_DETECTIONS_LIMIT:
             raise BadRequest(f"max_detections must be an integer from 1 to {MAX_DETECTIONS_LIMIT}, "
-                             f"got {value!r}")
+                             f"got {_as_json(attrs['max_detections'])}")
         kw["max_detections"] = value
     if attrs.get("classes") is not None:
         kw["class_ids"] = _class_ids(attrs["classes"], class_names)
     if attrs.get("include") is not None:
-        items = _string_list(attrs, "include")
-        unknown = [i for i in items if i not in INCLUDABLE]
+        unknown = [i for i in attrs["include"] if i not in INCLUDABLE]
         if unknown:
             raise BadRequest(f"include: unknown field {unknown[0]!r}; choose from {', '.join(INCLUDABLE)}")
-        kw["include"] = frozenset(items)
+        kw["include"] = frozenset(attrs["include"])
     if attrs.get("mask_format") is not None:
         kw["mask_format"] = _choice(attrs, "mask_format", MASK_FORMATS)
     return RequestOptions(**kw)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _as_json(value, limit: int = 80) -> str:
+    """A value as the client wrote it (JSON: true, "cat"), cut short if long."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _choice(attrs: dict, key: str, table: dict[str, str]) -> str:
+    """A string value named in `table` (case and surrounding spaces ignored) -> its meaning."""
     value = attrs[key]
-    if not isinstance(value, str) or value.strip().lower() not in table:
-        raise BadRequest(f"{key} must be one of {', '.join(sorted(set(table)))}, got {value!r}")
+    if value.strip().lower() not in table:
+        raise BadRequest(f"{key} must be one of {', '.join(sorted(set(table)))}, got {_as_json(value)}")
     return table[value.strip().lower()]
 
 
-def _string_list(attrs: dict, key: str) -> list[str]:
-    value = attrs[key]
-    if isinstance(value, str):  # a lone name is a list of one
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest(f"{key} must be a list of strings, got {value!r}")
-    return value
-
-
-def _class_ids(value, class_names: list[str]) -> tuple[int, ...]:
+def _class_ids(names: list[str], class_names: list[str]) -> tuple[int, ...]:
     """Class names -> sorted indices into class_names (a name may occur more than once)."""
-    names = _string_list({"classes": value}, "classes")
     if not names:
         raise BadRequest("classes must name at least one class; omit it to keep every class")
     exact: dict[str, list[int]] = {}

@@ -75,7 +75,7 @@ def run_invocation(engine, data: bytes, options: RequestOptions, response_type: 
     Raises ImageDecodeError for bytes that do not decode (the caller answers 400).
     """
     start = time.perf_counter()
-    image = decode_image(data)
+    image = decode_image(data, max_megapixels=None)  # the app has checked the size against its own limit
     before = time.perf_counter()
     det = engine.predict(image, score_threshold=options.score_threshold,
                          max_detections=options.max_detections, class_ids=options.class_ids)

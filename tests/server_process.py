@@ -140,3 +140,12 @@ class ServerProcess:
         self._log.close()
         if self._stderr:
             self._stderr.close()
+
+
+def running_server(model_dir: Path | None, log_dir: Path, **kwargs):
+    """For module fixtures: `yield from running_server(...)` gives a ready ServerProcess and
+    kills it at teardown."""
+    srv = ServerProcess(model_dir, log_dir / "server.log", **kwargs)
+    srv.wait_ready()
+    yield srv
+    srv.kill()

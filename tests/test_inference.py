@@ -102,3 +102,59 @@ def test_jobs_run_on_long_lived_prepared_threads():
     assert ran_on <= set(prepared) and threading.get_ident() not in ran_on
     assert executor.run(lambda: threading.current_thread().name).startswith("inference")
     assert len(prepared) == 2
+
+
+# ---- admission by memory ---------------------------------------------------------------------
+
+
+def test_memory_budget_counts_bodies_and_the_running_requests_working_memory():
+    from server.inference import MemoryBudget, MemoryBudgetError
+
+    mb, per_px = 2**20, MemoryBudget.BYTES_PER_PIXEL
+    budget = MemoryBudget(budget_bytes=1000 * mb, workers=1)
+    budget.idle_bytes = 600 * mb  # as if measured: 400 MB to share
+    first = budget.admit(5 * mb, 30 * mb // per_px)  # 5 MB body, 30 MB working
+    # one worker: a waiting request adds only its body until it runs
+    waiting = [budget.admit(5 * mb, 30 * mb // per_px) for _ in range(10)]
+    assert budget.need(list(budget._admitted.values())) == 11 * 5 * mb + 30 * mb
+    big = 350 * mb // per_px  # working memory larger than the rest: it is the one that counts
+    with pytest.raises(MemoryBudgetError, match="budget is 1000 MB"):
+        budget.admit(5 * mb, big)
+    for ticket in [first, *waiting]:
+        budget.release(ticket)
+    budget.release(budget.admit(5 * mb, big))  # alone it fits
+    alone = budget.admit(1, 10_000 * mb // per_px)  # nothing else admitted: always taken
+    with pytest.raises(MemoryBudgetError):
+        budget.admit(1, 1)
+    budget.release(alone)
+    assert budget.admit(1, 1)
+
+    two = MemoryBudget(budget_bytes=1000 * mb, workers=2)
+    two.idle_bytes = 600 * mb
+    two.admit(0, 150 * mb // per_px)
+    two.admit(0, 150 * mb // per_px)  # both may run at once: 300 MB
+    two.admit(0, 150 * mb // per_px)  # a third like them waits for one: no more at once
+    with pytest.raises(MemoryBudgetError):
+        two.admit(0, 260 * mb // per_px)  # it would run beside one of them: 410 MB
+    two.admit(100 * mb, 0)  # a body that fits beside them
+
+
+def test_a_request_past_the_memory_budget_is_503_with_retry_after(engine, jpeg_body):
+    """Through the app: with the budget spent by a request in progress, the next one is
+    refused before its pixels are decoded; once the first is done, requests are taken again."""
+    config = ServerConfig(workers=2, queue_size=4, retry_after_s=5, memory_budget_mb=1)
+    client = falcon.testing.TestClient(create_app(engine, config))
+    engine.gate = threading.Event()
+    first = threading.Thread(target=post, args=(client, jpeg_body))
+    first.start()
+    try:
+        assert engine.started.wait(10)
+        resp = post(client, jpeg_body)
+        assert_error(resp, 503, "memory budget")
+        assert resp.headers["retry-after"] == "5"
+        assert len(engine.calls) == 1  # refused before the engine saw it
+    finally:
+        engine.gate.set()
+        first.join(10)
+    engine.gate = None
+    assert post(client, jpeg_body).status_code == 200

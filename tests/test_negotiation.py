@@ -123,7 +123,7 @@ def test_include_scores_and_class_ids(client, jpeg_body):
 
 
 def test_include_masks_as_coco_rle(client, jpeg_body):
-    resp = post(client, jpeg_body, attrs={"include": "masks", "score_threshold": 0.1})
+    resp = post(client, jpeg_body, attrs={"include": ["masks"], "score_threshold": 0.1})
     masks = resp.json["masks"]
     expected = fake_detections(120, 160).masks
     assert len(masks) == 3
@@ -178,5 +178,52 @@ def test_custom_attributes_over_1024_chars_is_400(client, jpeg_body):
 
 def test_valid_edge_values(client, engine, jpeg_body):
     for attrs in ({"score_threshold": 0}, {"score_threshold": 1}, {"max_detections": 1000},
-                  {"max_detections": 1.0}, {"response_type": ""}, {"classes": "cat"}, {}):
+                  {"max_detections": 1.0}, {"response_type": ""}, {"response_type": " PNG "},
+                  {"classes": ["cat"]}, {"include": []}, {"mask_format": "Polygons"}, {}):
         assert post(client, jpeg_body, attrs=attrs).status_code == 200, attrs
+
+
+# ---- the type rule: one JSON type per key, never coerced ---------------------------------------
+
+# key -> (the words its 400 names the type with, a valid value, values of every other JSON type)
+ATTRIBUTE_CASES = {
+    "response_type": ("a string", "png", [3, 0.5, True, ["json"], {"type": "json"}]),
+    "score_threshold": ("a number", 0.25, ["0.5", True, False, [0.5], {"value": 0.5}]),
+    "max_detections": ("an integer", 7, ["3", True, 2.5, [3], {"n": 3}]),
+    "classes": ("a list of strings", ["cat"], ["cat", 5, True, {"cat": True}, ["cat", 5], [["cat"]]]),
+    "include": ("a list of strings", ["scores"], ["masks", 1, False, {"masks": True}, [1]]),
+    "mask_format": ("a string", "polygon", [1, True, ["rle"], {"format": "rle"}]),
+}
+WRONG_TYPES = [(key, value, words) for key, (words, _, values) in ATTRIBUTE_CASES.items() for value in values]
+
+
+@pytest.mark.parametrize("key, value, words", WRONG_TYPES, ids=[f"{k}={json.dumps(v)}" for k, v, _ in WRONG_TYPES])
+def test_wrong_json_type_is_400_naming_the_key_and_the_type(client, engine, jpeg_body, key, value, words):
+    assert_error(post(client, jpeg_body, attrs={key: value}), 400, key, words, json.dumps(value))
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("key", list(ATTRIBUTE_CASES))
+def test_each_attribute_accepts_its_type_and_null_means_absent(key):
+    """null (what json.dumps writes for None) is the default, for every key alike."""
+    words, valid, _ = ATTRIBUTE_CASES[key]
+    assert parse_custom_attributes(json.dumps({key: None}), FAKE_CLASSES) == parse_custom_attributes("{}", FAKE_CLASSES)
+    assert parse_custom_attributes(json.dumps({key: valid}), FAKE_CLASSES) != parse_custom_attributes("{}", FAKE_CLASSES)
+
+
+def test_every_parsed_attribute_has_a_type_case():
+    from server.negotiation import ATTRIBUTE_TYPES
+
+    assert set(ATTRIBUTE_TYPES) == set(ATTRIBUTE_CASES)
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 400, "-1" + "0" * 400, "1e400", "Infinity", "NaN"])
+def test_out_of_range_numbers_are_400_not_500(client, jpeg_body, text):
+    """An integer too big for a float once made score_threshold's check raise OverflowError."""
+    for key in ("score_threshold", "max_detections"):
+        assert_error(post(client, jpeg_body, attrs=f'{{"{key}": {text}}}'), 400, key)
+
+
+def test_unknown_keys_are_ignored_whatever_their_type():
+    assert parse_custom_attributes('{"future": "x", "other": [1, {"a": null}]}', FAKE_CLASSES) == \
+        parse_custom_attributes("{}", FAKE_CLASSES)

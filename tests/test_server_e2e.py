@@ -345,3 +345,49 @@ def test_sigterm_with_a_full_queue_finishes_every_accepted_request(small_model_d
     assert all(size > 0 for _, size in results)
     assert exited_after < 25, f"exited {exited_after:.1f} s after SIGTERM"
     print(f"SIGTERM with a full queue: {capacity} answered 200, {extra} refused 503, exit after {exited_after:.1f} s")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read a process's peak RSS")
+def test_memory_budget_refuses_before_the_peak_grows(small_model_dir, tmp_path):
+    """Six concurrent 12-megapixel PNG answers on two workers with a budget smaller than the
+    model (MASKRCNN_MEMORY_BUDGET_MB=1): one request at a time is taken, the others get 503
+    + Retry-After naming the budget before their pixels exist, and the server's peak stays
+    at one request's worth (the 12 MP bound above), where two workers would take two."""
+    import cv2
+    from skimage import data
+
+    large = encode_pil(cv2.resize(data.coffee(), (4000, 3000), interpolation=cv2.INTER_CUBIC), "JPEG", quality=90)
+    attrs = json.dumps({"score_threshold": 0.0, "max_detections": 100})
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log", extra_env={
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "MASKRCNN_QUEUE_SIZE": "6", "MASKRCNN_MEMORY_BUDGET_MB": "1"})
+
+    def invoke():
+        return http_call(srv.url + "/invocations", body=large, timeout=300, headers={
+            "Content-Type": "image/jpeg", "Accept": "image/png", "X-Amzn-SageMaker-Custom-Attributes": attrs})
+
+    small = encode_pil(cv2.resize(data.coffee(), (640, 480), interpolation=cv2.INTER_AREA), "JPEG", quality=90)
+    try:
+        srv.wait_ready()
+        for accept in ("application/json", "image/png", "image/png"):  # the model's arena settles
+            http_call(srv.url + "/invocations", body=small, timeout=60, headers={
+                "Content-Type": "image/jpeg", "Accept": accept, "X-Amzn-SageMaker-Custom-Attributes": attrs})
+        idle_kb = _vm_kb(srv.proc.pid, "VmRSS")
+        with open(f"/proc/{srv.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+        replies = []
+        clients = [threading.Thread(target=lambda: replies.append(invoke())) for _ in range(6)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(300)
+        peak_mb = (_vm_kb(srv.proc.pid, "VmHWM") - idle_kb) / 1024
+        assert invoke().status_code == 200  # once idle, taken again
+    finally:
+        srv.proc.terminate()
+        srv.proc.wait(30)
+    statuses = sorted(r.status_code for r in replies)
+    print(f"budget 1 MB: {statuses}, peak {peak_mb:.0f} MB over idle")
+    assert len(statuses) == 6 and 200 in statuses and 503 in statuses and set(statuses) == {200, 503}, statuses
+    refused = [r for r in replies if r.status_code == 503]
+    assert all("memory budget" in r.json()["error"] and r.headers["Retry-After"] for r in refused)
+    assert peak_mb < 200, f"peak {peak_mb:.0f} MB over idle with one request at a time"

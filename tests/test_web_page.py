@@ -24,7 +24,7 @@ from demo.shapes import CLASS_NAMES, EVAL_SEED_START, generate_scene
 from engine.image_io import decode_image
 from engine.render import PALETTE
 from server_fixtures import encode_pil
-from server_process import REPO, ServerProcess
+from server_process import REPO, ServerProcess, running_server
 
 ARTIFACTS = REPO / "test-artifacts"
 SEED = EVAL_SEED_START + 10  # held out from training, like every seed below TRAIN_SEED_START
@@ -38,10 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 @pytest.fixture(scope="module")
 def page_server(demo_model_dir, tmp_path_factory):
-    srv = ServerProcess(demo_model_dir, tmp_path_factory.mktemp("serve") / "server.log")
-    srv.wait_ready()
-    yield srv
-    srv.kill()
+    yield from running_server(demo_model_dir, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""Property-based fuzzing (hypothesis) of the parsers that read untrusted input.
+
+The strategies and properties live in benchmarks/fuzz.py, which runs them for minutes; here
+each target runs 200-2000 examples, derandomized so that CI fails on a code change and not
+on luck (the long runs explore). About 25 s in all on two shared cores.
+
+Also here: the findings of the fuzzing, as plain regression tests.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+
+from benchmarks.fuzz import (
+    TARGETS, PeakRss, check_custom_attributes, custom_attribute_headers, jpeg_with_size,
+    png_with_size, run_target, seed_images, storage_outside_repo,
+)
+from engine.errors import ImageDecodeError
+from engine.image_io import MAX_DECODE_MEGAPIXELS, decode_image, probe_image
+from server.config import DEFAULT_MAX_MEGAPIXELS
+
+# Peak RSS growth allowed over one target's run. Decodes run under the server's 40 MP limit:
+# the costliest (a tiny progressive 4:4:4 JPEG declaring 40 MP, padded with grey) peaks at
+# about 345 MB; everything else is a few MB.
+MEMORY_BOUND_MB = 500
+EXAMPLES = {"images": 2000, "big_headers": 600, "arbitrary_bytes": 1000, "non_bytes": 200,
+            "custom_attributes": 2000, "accept": 2000}
+# 985 or more nested arrays in the custom attributes were a RecursionError in json.loads, an
+# HTTP 500, now a 400 (test_deeply_nested_custom_attributes_are_a_400 below).
+SHALLOW = 200
+
+# Outcomes each target must reach, so that a strategy gone degenerate does not pass silently.
+EXPECTED_OUTCOMES = {"images": {"decoded", "undecodable", "not an image"},
+                     "big_headers": {"decoded", "over the size limit"},
+                     "custom_attributes": {"options", "400"}, "accept": {"406", "image/png"}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _hypothesis_storage():
+    with storage_outside_repo():
+        yield
+
+
+def _strategies(name):
+    return (custom_attribute_headers(max_nesting=SHALLOW),) if name == "custom_attributes" else None
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_property(name):
+    """Each target's property holds on its examples, within the memory bound."""
+    seed_images()  # built before the measurement: the photos are not the parsers' memory
+    with PeakRss() as memory:
+        outcomes = run_target(name, EXAMPLES[name], derandomize=True, strategies=_strategies(name))
+    assert sum(outcomes.values()) >= EXAMPLES[name] // 2, outcomes
+    assert EXPECTED_OUTCOMES.get(name, set()) <= set(outcomes), outcomes
+    assert memory.growth_mb < MEMORY_BOUND_MB, f"{name}: peak RSS grew {memory.growth_mb:.0f} MB"
+
+
+# ---- findings, as regression tests ---------------------------------------------------------------
+
+
+def _timed(function, *args, **kwargs):
+    """(exception raised or None, seconds, peak RSS growth MB) of one call."""
+    with PeakRss() as memory:
+        start = time.perf_counter()
+        try:
+            function(*args, **kwargs)
+            error = None
+        except Exception as exc:  # noqa: BLE001 (returned to the test to check)
+            error = exc
+    return error, time.perf_counter() - start, memory.growth_mb
+
+
+@pytest.mark.parametrize("width, height", [(30_000, 30_000), (65_535, 65_535), (14_200, 14_200)])
+def test_tiny_jpeg_declaring_a_huge_frame_is_refused_before_decoding(width, height):
+    """A 1 KB JPEG declaring 30000x30000 used to decode (libjpeg pads the missing data with
+    grey) to 2.7 GB in 18 s, 5.3 GB peak; decode_image now refuses it from the header."""
+    data = jpeg_with_size(seed_images()[0], width, height)
+    assert len(data) < 2000
+    info = probe_image(data)
+    assert (info.width, info.height) == (width, height)
+    assert info.megapixels > MAX_DECODE_MEGAPIXELS > DEFAULT_MAX_MEGAPIXELS  # the server refuses it first
+    error, seconds, growth_mb = _timed(decode_image, data)
+    assert isinstance(error, ImageDecodeError) and "megapixels" in str(error)
+    assert seconds < 0.5 and growth_mb < 50
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 100_000), (0x7FFFFFFF, 1), (50_000, 50_000)])
+def test_png_header_declaring_a_huge_image_is_refused_before_decoding(width, height):
+    data = png_with_size(width, height, seed_images()[6][33:])  # a real image's chunks after the IHDR
+    assert probe_image(data).megapixels > DEFAULT_MAX_MEGAPIXELS  # the server refuses it first
+    error, seconds, growth_mb = _timed(decode_image, data)
+    assert isinstance(error, ImageDecodeError) and "megapixels" in str(error)
+    assert seconds < 0.5 and growth_mb < 50
+
+
+@pytest.mark.parametrize("chunk", [b"IDAT", b"tEXt", b"PLTE"])
+@pytest.mark.parametrize("length", [0xFFFFFFFF, 0x7FFFFFFF, 10_000_000])
+def test_png_chunk_declaring_gigabytes_is_refused_before_opencv_allocates_it(chunk, length):
+    """OpenCV 5's PNG reader allocates and zero-fills a chunk's declared length before reading
+    it: a 1.7 KB PNG of 31x23 pixels (under any megapixel limit) cost 4 GB and 5 s."""
+    png = seed_images()[6]
+    idat = png.index(b"IDAT") - 4
+    if chunk == b"IDAT":
+        data = png[:idat] + struct.pack(">I", length) + png[idat + 4:]
+    else:
+        data = png[:idat] + struct.pack(">I", length) + chunk + png[idat:]
+    assert probe_image(data).megapixels < 0.001
+    error, seconds, growth_mb = _timed(decode_image, data)
+    assert isinstance(error, ImageDecodeError) and "truncated or corrupt" in str(error)
+    assert seconds < 0.5 and growth_mb < 50
+
+
+def test_a_shallow_nesting_of_custom_attributes_is_a_400():
+    assert check_custom_attributes("[" * SHALLOW) == "400"
+
+
+def test_deeply_nested_custom_attributes_are_a_400():
+    """json.loads raised RecursionError on 985+ nested arrays, an HTTP 500, until fuzzing found it."""
+    assert check_custom_attributes("[" * 1000) == "400"
