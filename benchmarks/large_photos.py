@@ -29,7 +29,6 @@ import argparse
 import http.client
 import io
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import free_port, skimage_photo, wait_for_ping  # noqa: E402
+from benchmarks.inputs import random_r50_model_dir, serve_command, skimage_photo, start_server  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
 SCORE_THRESHOLD = 0.05  # torchvision's default; R50 with random weights still gives 100 detections
@@ -191,15 +190,9 @@ def post(port: int, body: bytes, answer: str) -> tuple[float, int, int]:
 
 def measure_server(model_dir: str, runs: int, requests: int) -> dict:
     """The real `serve` process: latency per size and answer, and RSS over many large requests."""
-    port = free_port()
-    log = open(Path(tempfile.mkdtemp(prefix="large-photos-serve-")) / "serve.log", "wb")
-    command = [str(Path(sys.executable).with_name("serve")), "--model-dir", model_dir, "--port", str(port),
-               "--host", "127.0.0.1"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc, port = start_server(serve_command(model_dir), Path(tempfile.mkdtemp(prefix="large-photos-serve-")) / "serve.log")
     pid = str(proc.pid)
     try:
-        wait_for_ping(proc, port, log.name)
         bodies = {label: jpeg_bytes(photo_of_size(*SIZES[label])) for label in SERVER_SIZES}
         for _ in range(3):
             post(port, bodies["640x480"], "json_rle")
@@ -239,14 +232,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(measure_one(args.child[0], int(args.child[1]), int(args.child[2]), args.runs)))
         return 0
-    model_dir = args.model_dir
-    if model_dir is None:
-        from exporter import export
-        from exporter.weights import coco_class_names, random_model
-
-        model_dir = str(Path(tempfile.mkdtemp(prefix="large-photos-")) / "r50")
-        export(random_model("maskrcnn_resnet50_fpn", seed=0), model_dir, coco_class_names(), quiet=True,
-               weights_info={"source": "random", "seed": 0, "trained": False})
+    model_dir = args.model_dir or random_r50_model_dir("large-photos-")
     results = {}
     for label, (h, w) in SIZES.items():
         out = subprocess.run([sys.executable, __file__, "--child", model_dir, str(h), str(w), "--runs", str(args.runs)],

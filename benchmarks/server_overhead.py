@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.inputs import free_port, benchmark_photo_jpeg, wait_for_ping  # noqa: E402
+from benchmarks.inputs import benchmark_photo_jpeg, serve_command, start_server  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
@@ -121,12 +120,8 @@ def in_process(engine, body: bytes, repeats: int) -> dict:
 
 def over_http(command: list[str], body: bytes, repeats: int, log_path: Path) -> dict:
     """Start a server process, wait for /ping 200 (with a deadline), measure, SIGTERM it."""
-    port = free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command + ["--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc, port = start_server(command, log_path)
     try:
-        wait_for_ping(proc, port, log_path)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # kept alive
 
         def call(accept):
@@ -206,10 +201,8 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     print(f"640x480 photo, {len(body)} bytes JPEG; model {args.model_dir}; load average {load_before}",
           file=sys.stderr)
-    serve = Path(sys.executable).with_name("serve")
-    serve_cmd = ([str(serve)] if serve.exists() else [sys.executable, "-m", "server"])
     commands = {
-        "real": serve_cmd + ["--model-dir", str(args.model_dir), "--host", "127.0.0.1"],
+        "real": serve_command(args.model_dir),
         "replay": [sys.executable, str(Path(__file__).resolve()), "--replay-server", "--model-dir", str(args.model_dir)],
     }
     results, steps = {}, None

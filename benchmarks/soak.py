@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import benchmark_photo_jpeg, free_port, wait_for_ping  # noqa: E402
+from benchmarks.inputs import benchmark_photo_jpeg, random_r50_model_dir, serve_command, start_server  # noqa: E402
 from benchmarks.large_photos import rss_mb  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
@@ -72,23 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
     args = parser.parse_args(argv)
-    model_dir = args.model_dir
-    if model_dir is None:
-        from exporter import export
-        from exporter.weights import coco_class_names, random_model
-
-        model_dir = str(Path(tempfile.mkdtemp(prefix="soak-")) / "r50")
-        export(random_model("maskrcnn_resnet50_fpn", seed=0), model_dir, coco_class_names(), quiet=True,
-               weights_info={"source": "random", "seed": 0, "trained": False})
-
-    port = free_port()
-    log_path = Path(tempfile.mkdtemp(prefix="soak-serve-")) / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "--model-dir", model_dir,
-                                 "--port", str(port), "--host", "127.0.0.1"], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+    model_dir = args.model_dir or random_r50_model_dir("soak-")
+    proc, port = start_server(serve_command(model_dir), Path(tempfile.mkdtemp(prefix="soak-serve-")) / "serve.log")
     try:
-        wait_for_ping(proc, port, log_path)
         mix = request_mix(benchmark_photo_jpeg())
         for _, headers, body, _ in mix:  # warm every path once
             call(port, "POST", "/invocations", body, headers)

@@ -43,19 +43,15 @@ class Detections:
         self.labels = labels
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.timings = dict(timings or {})
-        if isinstance(masks, InstanceMasks):
-            self.mask_crops = masks
-        else:
-            masks = np.asarray(masks, dtype=bool)
-            self.mask_crops = CroppedMasks.from_array(masks)
-            self._masks = masks
+        self._masks = None if isinstance(masks, InstanceMasks) else np.asarray(masks, dtype=bool)
+        self.mask_crops = masks if self._masks is None else CroppedMasks.from_array(self._masks)
         if self.mask_crops.image_size != self.image_size or len(self.mask_crops) != len(scores):
             raise ValueError(f"{len(self.mask_crops)} masks on {self.mask_crops.image_size} do not fit "
                              f"{len(scores)} detections on {self.image_size}")
 
     @property
     def masks(self) -> np.ndarray:
-        if getattr(self, "_masks", None) is None:
+        if self._masks is None:
             self._masks = self.mask_crops.to_array()
         return self._masks
 

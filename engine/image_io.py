@@ -139,17 +139,24 @@ def _probe_png(data: bytes) -> tuple[int, int, int]:
     if data[12:16] != b"IHDR" or length != 13:
         raise ImageDecodeError("corrupt PNG: the first chunk is not IHDR")
     width, height = struct.unpack_from(">II", data, 16)
-    orientation, pos = 1, 8 + 12 + length
+    orientation = 1
     # The PNG spec places eXIf before the first IDAT; stop there, as image viewers do.
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack_from(">I4s", data, pos)
+    for pos, length, ctype in _png_chunks(data):
         if ctype in (b"IDAT", b"IEND"):
             break
         if ctype == b"eXIf":
             orientation = _exif_orientation(data[pos + 8:pos + 8 + length])
             break
-        pos += 12 + length
     return width, height, orientation
+
+
+def _png_chunks(data: bytes):
+    """(offset, declared data length, type) of each PNG chunk whose header is in `data`, in order."""
+    pos = 8  # after the signature
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        yield pos, length, ctype
+        pos += 12 + length  # length, type, data, CRC
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -218,15 +225,13 @@ def _check_png_chunk_lengths(data: bytes) -> None:
     length, up to 4 GiB, before it finds the data short: a 1.7 KB PNG with a small IHDR (so
     it passes the megapixel limit) cost 4 GB and 5 s. Walking the chunk headers costs
     microseconds (a few hundred chunks in a 6 MB PNG)."""
-    pos, n = 8, len(data)
-    while pos + 8 <= n:
-        length, ctype = struct.unpack_from(">I4s", data, pos)
+    n = len(data)
+    for pos, length, ctype in _png_chunks(data):
         if pos + 12 + length > n:  # length, type, data, CRC: OpenCV reads them all at once
             raise ImageDecodeError(f"cannot decode the PNG image: truncated or corrupt data (chunk {ctype!r} "
                                    f"at byte {pos} declares {length} bytes, {n - pos - 12} follow)")
         if ctype == b"IEND":
             return
-        pos += 12 + length
 
 
 def _png_to_rgb8(raw: np.ndarray) -> np.ndarray:

@@ -111,6 +111,16 @@ class ServerProcess:
             time.sleep(0.05)  # a polling interval, bounded by the deadline
         pytest.fail(f"/ping not 200 within {deadline_s} s (saw {seen}):\n{self.log()}\n{self.stderr()}")
 
+    def memory_kb(self, field: str = "VmRSS") -> int:
+        """A line of the process's /proc status in kB: VmRSS (resident now), VmHWM (its peak)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    def reset_peak_memory(self) -> None:
+        """Restart VmHWM from the current RSS (Linux >= 4.0)."""
+        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+
     def log(self) -> str:
         """stdout (and stderr, unless it has its own file)."""
         return self.log_path.read_text(errors="replace")

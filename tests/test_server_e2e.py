@@ -242,11 +242,6 @@ def test_unloadable_model_dir_exits_non_zero(tmp_path):
     assert errors and "model.json" in errors[0]["message"]
 
 
-def _vm_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read a process's peak RSS")
 def test_a_12_megapixel_photo_costs_the_server_little_memory(small_model_dir, tmp_path):
     """A phone photo (4000x3000, 100 detections) answered as JSON with RLE masks, as a
@@ -274,12 +269,10 @@ def test_a_12_megapixel_photo_costs_the_server_little_memory(small_model_dir, tm
         for _ in range(2):  # the model's arena reaches its steady size on small photos
             for accept in answers:
                 invoke(small, accept)
-        pid = srv.proc.pid
-        before_kb = _vm_kb(pid, "VmRSS")
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")  # the peak (VmHWM) restarts from the current RSS
+        before_kb = srv.memory_kb("VmRSS")
+        srv.reset_peak_memory()
         replies = {accept: invoke(large, accept) for accept in answers}
-        peak_mb = (_vm_kb(pid, "VmHWM") - before_kb) / 1024
+        peak_mb = (srv.memory_kb("VmHWM") - before_kb) / 1024
     finally:
         srv.proc.send_signal(signal.SIGTERM)
         srv.proc.wait(60)
@@ -371,16 +364,15 @@ def test_memory_budget_refuses_before_the_peak_grows(small_model_dir, tmp_path):
         for accept in ("application/json", "image/png", "image/png"):  # the model's arena settles
             http_call(srv.url + "/invocations", body=small, timeout=60, headers={
                 "Content-Type": "image/jpeg", "Accept": accept, "X-Amzn-SageMaker-Custom-Attributes": attrs})
-        idle_kb = _vm_kb(srv.proc.pid, "VmRSS")
-        with open(f"/proc/{srv.proc.pid}/clear_refs", "w") as f:
-            f.write("5")
+        idle_kb = srv.memory_kb("VmRSS")
+        srv.reset_peak_memory()
         replies = []
         clients = [threading.Thread(target=lambda: replies.append(invoke())) for _ in range(6)]
         for t in clients:
             t.start()
         for t in clients:
             t.join(300)
-        peak_mb = (_vm_kb(srv.proc.pid, "VmHWM") - idle_kb) / 1024
+        peak_mb = (srv.memory_kb("VmHWM") - idle_kb) / 1024
         assert invoke().status_code == 200  # once idle, taken again
     finally:
         srv.proc.terminate()

@@ -19,11 +19,6 @@ STALLED, TRICKLING = 500, 500
 TIMEOUT_S = 15
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def _open_slow_request(port: int) -> socket.socket:
     """A connection that has sent an invocation's headers and the first bytes of its body."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -58,7 +53,7 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
 
         invoke()
         usual = float(np.median([invoke() for _ in range(5)]))
-        rss_before = _rss_mb(srv.proc.pid)
+        rss_before = srv.memory_kb("VmRSS") / 1024
 
         opened_at = time.monotonic()
         clients = [_open_slow_request(srv.port) for _ in range(STALLED + TRICKLING)]
@@ -77,7 +72,7 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         time.sleep(1.0)  # let the server accept and read them all
         pings = sorted(ping() for _ in range(20))
         during = float(np.median([invoke() for _ in range(5)]))
-        rss_with = _rss_mb(srv.proc.pid)
+        rss_with = srv.memory_kb("VmRSS") / 1024
         assert time.monotonic() - opened_at < TIMEOUT_S, "the measurements ran into the request timeout"
         print(f"1000 slow connections: /ping max {pings[-1] * 1e3:.1f} ms, p95 {pings[-2] * 1e3:.1f} ms; "
               f"invocation {usual * 1e3:.0f} -> {during * 1e3:.0f} ms; server RSS {rss_before:.0f} -> {rss_with:.0f} MB")
