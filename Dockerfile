@@ -57,7 +57,7 @@ COPY --from=build /opt/venv /opt/venv
 RUN cd / \
     && python3 -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the serving image'" \
     && python3 -c "from server.__main__ import bundled_model_dir as b; assert b(), 'demo/model not installed'" \
-    && python3 -c "import engine, server.app, onnxruntime, cv2, falcon, waitress" \
+    && python3 -c "import engine, server.app, onnxruntime, openvino, cv2, falcon, waitress" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serve
 
 USER 10001

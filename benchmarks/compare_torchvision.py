@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Latency of this engine against torchvision eager and ONNX Runtime on torchvision's whole
-exported graph: same weights, same photo, interleaved in one process, each giving the same
-top-10 detections.
+"""Latency of this engine against torchvision eager and ONNX Runtime and OpenVINO on
+torchvision's whole exported graph: same weights, same photo, interleaved in one process,
+each giving the same top-10 detections.
+
+Engine rows: ONNX Runtime FP32, OpenVINO at each precision this CPU runs (FP32, BF16 where
+it has BF16 instructions), and both on the INT8 model directory; the stage breakdown and
+`engine_graph_runtimes` say which runtime and precision ran each graph.
 
     python benchmarks/compare_torchvision.py [--arch maskrcnn_resnet50_fpn] [--runs 7] [--threads 2] [--no-int8]
 
@@ -53,6 +57,13 @@ def agreement(ref_boxes, ref_labels, boxes, labels) -> float:
     return float((ious.max(axis=1) >= 0.99).mean())
 
 
+def graph_runtimes(backend) -> dict:
+    """Each graph's runtime and precision, e.g. {"dense": "openvino bf16", "box_head": "onnxruntime fp32"}."""
+    if hasattr(backend, "runtime_of"):
+        return {g: f"{backend.runtime_of(g)} {p}" for g, p in backend.precisions.items()}
+    return {g: f"onnxruntime {backend.precision}" for g in ("dense", "box_head", "mask_head")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=ARCHS[0], choices=ARCHS)
@@ -82,15 +93,25 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     print("exporting this engine's model directory...", file=sys.stderr)
     export(model, work / "engine", coco_class_names(), arch=args.arch, quiet=True)
-    engine = Engine.load(work / "engine", threads=args.threads)
-    engines = {"this engine FP32": engine}
+    from engine.backends import available_backends
+
+    openvino_here = available_backends()["openvino"] is None
+    engines = {"this engine, onnxruntime FP32": Engine.load(work / "engine", backend="onnxruntime-cpu", threads=args.threads)}
+    if openvino_here:
+        from engine.backends.openvino_cpu import cpu_precisions
+
+        for precision in cpu_precisions():
+            engines[f"this engine, openvino {precision.upper()}"] = Engine.load(
+                work / "engine", backend="openvino", precision=precision, threads=args.threads)
     if not args.no_int8:
         from exporter.quantize import export_int8
 
         print("building the INT8 model directory...", file=sys.stderr)
         calib = [skimage_photo(n) for n in CALIBRATION_PHOTOS]
         export_int8(model, work / "int8", coco_class_names(), calib, arch=args.arch, quiet=True)
-        engines["this engine INT8"] = Engine.load(work / "int8", threads=args.threads)
+        engines["this engine, onnxruntime INT8"] = Engine.load(work / "int8", backend="onnxruntime-cpu", threads=args.threads)
+        if openvino_here:
+            engines["this engine, openvino INT8"] = Engine.load(work / "int8", backend="openvino", threads=args.threads)
     print("exporting torchvision's whole graph (legacy exporter, opset 17)...", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,6 +122,20 @@ def main(argv=None) -> int:
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     whole = ort.InferenceSession(str(work / "whole.onnx"), options, providers=["CPUExecutionProvider"])
+
+    whole_ov = None
+    if openvino_here:  # the peer a CPU user would pick: OpenVINO on torchvision's graph, its default precision
+        import openvino as ov
+
+        core = ov.Core()
+        whole_ov = core.compile_model(core.read_model(str(work / "whole.onnx")), "CPU", {
+            "INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"})
+        whole_ov_request = whole_ov.create_infer_request()
+
+    def run_whole_openvino():
+        out = whole_ov_request.infer({"image": tensor.numpy()})
+        boxes, labels = (out[whole_ov.output(name)] for name in ("boxes", "labels"))
+        return boxes[:10], labels[:10]
 
     def run_torchvision():
         with torch.no_grad():
@@ -129,6 +164,10 @@ def main(argv=None) -> int:
         return run
 
     methods = {"torchvision eager": run_torchvision, "onnxruntime, whole torchvision graph": run_whole_onnx}
+    if whole_ov is not None:
+        from engine.backends.openvino_cpu import runtime_precision
+
+        methods[f"openvino, whole torchvision graph ({runtime_precision(whole_ov).upper()})"] = run_whole_openvino
     # the engine rows include JPEG decode and segmented-JPEG encode; the reference rows do not
     methods.update({name: engine_runner(name) for name in engines})
     results = {name: fn() for name, fn in methods.items()}  # warm-up, and the top-10s to compare
@@ -173,6 +212,7 @@ def main(argv=None) -> int:
         "weights": "seeded random (seed 0)",
         "results": rows,
         "engine_stage_median_ms": stage_ms,
+        "engine_graph_runtimes": {name: graph_runtimes(e.backend) for name, e in engines.items()},
         "dense_graph_gflop": round(dense_gflop, 1),
         "dense_graph_achieved_gflops": achieved,
         "machine_matmul_gflops": rates,
@@ -186,7 +226,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['method']:40s} {r['median_s']:8.3f} {r['p90_s']:8.3f} {r['ratio_to_torchvision']:6.2f} {r['top10_agreement_with_torchvision']:12.2f}")
     for name in engines:
-        print(f"{name} stages (median ms): {stage_ms[name]}")
+        print(f"{name} stages (median ms): {stage_ms[name]}; graphs: {report['engine_graph_runtimes'][name]}")
         print(f"  dense graph {dense_gflop:.0f} GFLOP at {achieved[name]} GFLOP/s")
     print(f"machine matmul GFLOP/s (ORT, {args.threads} threads): {rates}")
     return 0

@@ -1,6 +1,7 @@
 """Command line for the engine, usable without the server.
 
-    python -m engine predict [--model-dir DIR | --model coco-v1] photo.jpg [--json | --out segmented.jpg]
+    python -m engine predict [--model-dir DIR | --model coco-v1] [--backend B] [--precision P]
+                             photo.jpg [--json | --out segmented.jpg]
     python -m engine backends [--model-dir DIR]
 
 Without --model-dir, `predict` uses the same model as `serve`: $SM_MODEL_DIR, else
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import Engine, EngineError, decode_image
 from .detections import format_label
-from .backends import available_backends, choose_backend
+from .backends import PRECISIONS, available_backends, backend_precisions, choose_backend
 from .model_defaults import DEFAULT_MODEL_DIR, ModelDirChoice, choose_model_dir, demo_notice
 from .named_models import NAMED_MODELS, ensure_named_model
 
@@ -43,7 +44,7 @@ def cmd_predict(args) -> int:
     else:
         choice = choose_model_dir(args.model_dir, os.environ)
     print(choice.describe(), file=sys.stderr)
-    engine = Engine.load(choice.path, backend=args.backend, threads=args.threads)
+    engine = Engine.load(choice.path, backend=args.backend, threads=args.threads, precision=args.precision)
     if choice.demo:
         print(demo_notice(engine.class_names), file=sys.stderr)
     image = decode_image(Path(args.image).read_bytes())
@@ -61,7 +62,8 @@ def cmd_predict(args) -> int:
 def cmd_backends(args) -> int:
     status = available_backends(args.model_dir)
     for name, reason in status.items():
-        print(f"{name:20s} {'available' if reason is None else 'unavailable: ' + reason}")
+        state = f"available ({', '.join(backend_precisions(name))})" if reason is None else "unavailable: " + reason
+        print(f"{name:20s} {state}")
     scope = f" for {args.model_dir}" if args.model_dir else " (without --model-dir: TensorRT plans not checked)"
     print(f"auto picks {choose_backend(status)}{scope}")
     return 0
@@ -84,6 +86,8 @@ def main(argv=None) -> int:
     predict.add_argument("--max-detections", type=int, default=100)
     predict.add_argument("--backend", default="auto")
     predict.add_argument("--threads", type=int, help="CPU inference threads (default: every usable core)")
+    predict.add_argument("--precision", choices=PRECISIONS,
+                         help="fp32 (the default), or bf16 with --backend openvino on a CPU with BF16")
     predict.set_defaults(func=cmd_predict)
     backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
     backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")

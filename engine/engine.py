@@ -32,6 +32,10 @@ from .proposals import select_proposals
 
 log = logging.getLogger(__name__)
 
+# The server's default max_detections, and the most detections the CPU backend's mask head
+# runs at once (OnnxRuntimeCpuBackend.MASK_HEAD_ROWS_PER_RUN): what warm-up exercises.
+WARMUP_DETECTIONS = 100
+
 
 class Engine:
     """A loaded model directory and the backend that runs its graphs. Thread-safe for
@@ -53,29 +57,41 @@ class Engine:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def precision(self) -> str:
+        """What the backend's graphs run in, as its runtime reports it ("fp32", "bf16", ...)."""
+        return self.backend.precision
+
     @classmethod
-    def load(cls, model_dir, backend: str = "auto", threads: int | None = None, cuda_tf32: bool = False) -> "Engine":
+    def load(cls, model_dir, backend: str = "auto", threads: int | None = None, cuda_tf32: bool = False,
+             precision: str | None = None) -> "Engine":
         """Open and check `model_dir` (model.json + graphs) and start the backend (see
-        engine.backends.create_backend for `threads` and `cuda_tf32`).
+        engine.backends.create_backend for `threads`, `cuda_tf32` and `precision`: None or
+        "fp32", or "bf16" with backend "openvino" or "auto").
 
         Raises ModelDirError naming the missing or corrupt file, BackendUnavailableError if
         the backend cannot run here.
         """
         directory = ModelDir.open(Path(model_dir))
-        engine = cls(directory, create_backend(backend, directory, threads=threads, cuda_tf32=cuda_tf32))
+        engine = cls(directory, create_backend(backend, directory, threads=threads, cuda_tf32=cuda_tf32,
+                                               precision=precision))
         if engine.untrained:
             log.warning(
                 "model %s has untrained (random) weights: its detections are meaningless", engine.model_name
             )
-        log.info("loaded model %s (%d classes) on %s", engine.model_name, len(engine.class_names), engine.backend_name)
+        log.info("loaded model %s (%d classes) on %s, %s", engine.model_name, len(engine.class_names),
+                 engine.backend_name, engine.precision)
         return engine
 
     def warmup(self) -> None:
-        """One inference on a synthetic image, so the first real request pays no start-up cost."""
-        side = self.config.transform.min_size
+        """One inference on a synthetic image at the largest network input the resize rule
+        gives (min_size x max_size) with WARMUP_DETECTIONS detections, so that the first real
+        request pays no start-up cost and the runtime's memory (ONNX Runtime's arena keeps
+        the largest activations it has needed) reaches its working size here, not under load."""
+        t = self.config.transform
         rng = np.random.default_rng(0)
-        image = rng.integers(0, 256, size=(side, side * 4 // 3, 3), dtype=np.uint8)
-        self.predict(image, score_threshold=0.0, max_detections=1)
+        image = rng.integers(0, 256, size=(t.min_size, max(t.max_size, t.min_size), 3), dtype=np.uint8)
+        self.predict(image, score_threshold=0.0, max_detections=WARMUP_DETECTIONS)
 
     def predict(self, image: np.ndarray, score_threshold: float = 0.5, max_detections: int = 100, class_ids=None) -> Detections:
         """Instances in `image` (H, W, 3) uint8 RGB with score > score_threshold, at most

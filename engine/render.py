@@ -138,6 +138,7 @@ class CaptionLayout(NamedTuple):
 
 _MIN_FONT_SCALE = 0.4  # below this HERSHEY_SIMPLEX is unreadable
 _CAPTION_SHARE = 0.25  # captions may cover this much of the image before their text shrinks
+_NEIGHBOURS = 64  # a caption with no room at its box looks for it among this many placed captions nearest
 
 
 def caption_layout(texts, boxes, image_size) -> CaptionLayout:
@@ -181,13 +182,16 @@ def caption_boxes(text_sizes, boxes, image_size, gap: int = 0) -> list:
         first free one of: above its box's top-left corner, inside the box at its top-left,
         just below that (clear of a neighbour's caption above the box), below the box (each
         moved inside the image); when all are taken, the free position nearest the first
-        (looking among the captions close by first). Last resort, when no free position is
-        left anywhere (more captions than the image can hold: hundreds on a small image,
-        with the text already at its smallest), it overlaps others at its first choice.
+        (looking among the captions close by first, then among the _NEIGHBOURS nearest).
+        Last resort, when no free position is left around it (more captions than the image
+        can hold: hundreds on a small image, with the text already at its smallest), it
+        overlaps others at its first choice, and later captions at least as large do not
+        search again (placed captions only accumulate).
     """
     h, w = image_size
     placed = np.empty((0, 4), np.int64)  # the rectangles so far, grown by `gap` on every side
     rects = []
+    no_room: list[tuple[int, int]] = []  # caption sizes that found no free position around them
     for (cw, ch), box in zip(text_sizes, boxes):
         if cw > w or ch > h:
             rects.append(None)
@@ -197,18 +201,26 @@ def caption_boxes(text_sizes, boxes, image_size, gap: int = 0) -> list:
                            cw, ch, image_size)
         corner = _first_free(preferred, cw, ch, placed)
         near = (np.abs(placed[:, :2] - preferred[0]) < (3 * cw, 3 * ch)).all(axis=1)
-        for edges in (placed[near], placed):  # the captions close by first: far fewer places
+        nearest = np.argsort(((placed[:, :2] - preferred[0]) ** 2).sum(axis=1), kind="stable")[:_NEIGHBOURS]
+        # Placed captions only accumulate, so once a caption found no room next to its
+        # neighbours, one at least as wide and as tall is not searched for again: with
+        # hundreds of captions the searches, O(N^2) corners each, took minutes.
+        full = any(cw >= fw and ch >= fh for fw, fh in no_room)
+        searches = (placed[near],) if full else (placed[near], placed[nearest])  # close by first
+        for search, edges in enumerate(searches):
             if corner is not None:
                 break
             # Every position where a caption can stop sliding up and left has x at 0 or at
-            # a placed caption's right edge, and y at 0 or a bottom edge: with all the placed
-            # captions' edges, if any free position exists, one of these is. The others
-            # bring it nearer its box.
+            # a placed caption's right edge, and y at 0 or a bottom edge: with the edges of
+            # the captions around, if any free position exists among them, one of these is.
+            # The others bring it nearer its box.
             xs = np.clip(np.r_[0, w - cw, bx1, bx2 - cw, edges[:, 2], edges[:, 0] - cw], 0, w - cw)
             ys = np.clip(np.r_[0, h - ch, by1 - ch, by1, by2 + 1, edges[:, 3], edges[:, 1] - ch], 0, h - ch)
             grid = np.stack(np.meshgrid(np.unique(xs), np.unique(ys)), -1).reshape(-1, 2)
             distance = ((grid - preferred[0]) ** 2).sum(axis=1)
             corner = _first_free(grid[np.argsort(distance, kind="stable")], cw, ch, placed)
+            if corner is None and search == 1:
+                no_room.append((cw, ch))
         x, y = preferred[0] if corner is None else corner
         rect = (int(x), int(y), int(x + cw), int(y + ch))
         placed = np.vstack([placed, np.add(rect, (-gap, -gap, gap, gap))])

@@ -1,7 +1,7 @@
 """`serve` / `python -m server`: load the model and serve the SageMaker contract on waitress.
 
     serve [serve] [--model-dir DIR | --model coco-v1 [--weights PATH]] [--host 0.0.0.0] [--port 8080]
-          [--threads N] [--backend auto]
+          [--threads N] [--backend auto] [--precision fp32|bf16]
 
 A leading `serve` argument is ignored: SageMaker starts containers as `docker run IMAGE
 serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argument.
@@ -40,6 +40,7 @@ from engine.named_models import NAMED_MODELS, ensure_named_model
 
 from .app import EngineSlot, create_app
 from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
+from .inference import peak_growth
 from .serving import serve_until
 
 # Under `python -m server` this module is "__main__"; name it as the `serve` script sees it.
@@ -93,6 +94,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="HTTP threads (default: inference workers + queue size + 2, so that "
                              "/ping always has a free thread)")
     parser.add_argument("--backend", help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="inference precision (default: $MASKRCNN_PRECISION, else the backend's, fp32); "
+                             "bf16 runs on the openvino backend where the CPU has BF16 instructions")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.weights and not args.model:
@@ -124,7 +128,7 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, config: ServerConfig,
+def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, precision: str | None, config: ServerConfig,
                  stop: threading.Event, failed: threading.Event) -> None:
     """Load and warm up the engine, then fill the slot (/ping turns 200); on error, stop."""
     start = time.perf_counter()
@@ -132,8 +136,10 @@ def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, config: Server
         from engine import Engine, default_threads
 
         engine = Engine.load(model_dir, backend=backend, threads=config.threads_per_worker(default_threads()),
-                             cuda_tf32=config.cuda_tf32)
-        engine.warmup()
+                             cuda_tf32=config.cuda_tf32, precision=precision)
+        # what one inference needs over the loaded model (its arena's first fill included):
+        # admission by memory counts it once per further concurrent inference
+        inference_bytes = peak_growth(engine.warmup)
     except EngineError as exc:  # the message names the missing or broken file
         logger.error("could not load the model from %s: %s", model_dir, exc)
         failed.set()
@@ -144,10 +150,12 @@ def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, config: Server
         failed.set()
         stop.set()
         return
-    slot.set(engine)
+    slot.set(engine, inference_bytes)
     logger.info("model ready", extra={"fields": {
-        "model": engine.model_name, "backend": engine.backend_name, "classes": len(engine.class_names),
-        "untrained": engine.untrained, "load_ms": round((time.perf_counter() - start) * 1e3)}})
+        "model": engine.model_name, "backend": engine.backend_name, "precision": engine.precision,
+        "classes": len(engine.class_names),
+        "untrained": engine.untrained, "load_ms": round((time.perf_counter() - start) * 1e3),
+        "inference_mb": round(inference_bytes / 2**20)}})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                 extra={"fields": {"model_dir": str(model_dir), "threads": threads,
                                   "workers": config.workers, "queue_size": config.queue_size,
                                   "max_body_bytes": config.max_body_bytes}})
-    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend, config, stop, failed),
+    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend,
+                                                args.precision or config.precision, config, stop, failed),
                      name="model-loader", daemon=True).start()
     serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S, request_timeout_s=config.request_timeout_s)
     logger.info("stopped")

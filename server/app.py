@@ -50,10 +50,13 @@ class EngineSlot:
 
     The server starts accepting connections before the model is loaded (SageMaker wants a
     socket quickly), so /ping and /invocations look here to know whether they can serve.
+    `inference_bytes`: one inference's working memory, measured at warm-up (0 if unknown),
+    which admission by memory counts once per further concurrent inference.
     """
 
-    def __init__(self, engine=None):
+    def __init__(self, engine=None, inference_bytes: int = 0):
         self._engine = engine
+        self.inference_bytes = inference_bytes
 
     @property
     def engine(self):
@@ -63,7 +66,8 @@ class EngineSlot:
     def ready(self) -> bool:
         return self._engine is not None
 
-    def set(self, engine) -> None:
+    def set(self, engine, inference_bytes: int = 0) -> None:
+        self.inference_bytes = inference_bytes
         self._engine = engine
 
 
@@ -89,7 +93,7 @@ class PingResource:
         if engine is None:
             raise ServiceUnavailable("model is loading", self._config.retry_after_s)
         resp.media = {"status": "ok", "model": engine.model_name, "backend": engine.backend_name,
-                      "demo": engine.demo}
+                      "precision": engine.precision, "demo": engine.demo}
         if engine.demo:  # what the page shows, and what a person reading /ping should know
             resp.media["notice"] = demo_notice(engine.class_names)
 
@@ -119,7 +123,7 @@ class InvocationsResource:
             raise PayloadTooLarge(f"image is {info.width}x{info.height} = {info.megapixels:.1f} "
                                   f"megapixels; the limit is {config.max_megapixels:g}")
         try:
-            ticket = self._budget.admit(len(data), info.width * info.height)
+            ticket = self._budget.admit(len(data), info.width * info.height, self._slot.inference_bytes)
         except MemoryBudgetError as exc:
             raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
         try:

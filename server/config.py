@@ -13,6 +13,7 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | default_accept    | SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT                      | application/json |
 | retry_after_s     | MASKRCNN_RETRY_AFTER_S (Retry-After of a 503)             | 2                |
 | backend           | MASKRCNN_BACKEND (--backend wins)                         | auto             |
+| precision         | MASKRCNN_PRECISION (--precision wins): fp32, bf16         | backend's (fp32) |
 | threads           | MASKRCNN_THREADS (inference threads, shared by workers)   | usable cores     |
 | cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
 | request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
@@ -76,6 +77,7 @@ class ServerConfig:
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
     jpeg_quality: int = 90
     backend: str = "auto"
+    precision: str | None = None  # None: the backend's default (fp32); "bf16" needs openvino
     threads: int | None = None  # None: every core this process may use
     cuda_tf32: bool = False
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
@@ -95,6 +97,8 @@ class ServerConfig:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.memory_budget_mb < 1:
             raise ValueError(f"memory_budget_mb must be at least 1, got {self.memory_budget_mb}")
         if self.max_connections < 1:
@@ -146,6 +150,8 @@ class ServerConfig:
             kw["default_accept"] = accept
         if environ.get("MASKRCNN_BACKEND", "").strip():
             kw["backend"] = environ["MASKRCNN_BACKEND"].strip()
+        if environ.get("MASKRCNN_PRECISION", "").strip():
+            kw["precision"] = environ["MASKRCNN_PRECISION"].strip().lower()
         tf32 = environ.get("MASKRCNN_CUDA_TF32", "").strip()
         if tf32:
             if tf32 not in ("0", "1"):

@@ -86,14 +86,20 @@ class MemoryBudget:
     """Admission by memory: refuse a request (before its pixels exist) when the memory the
     admitted requests may need, on top of the process's idle size, would pass `budget_bytes`.
 
-    A request may need its body (held while it waits) and, while it runs, its working memory,
-    estimated from the pixel count its header declares: `BYTES_PER_PIXEL` per pixel (decoded
-    RGB, the label map of the rendered answer, the largest mask crop, the encoder's output;
-    measured 7.4 B/px for a 40-megapixel PNG answer with the R50 model, so 10 leaves room).
-    Only `workers` requests run at once, so the need is every admitted body plus the
-    `workers` largest working estimates. The idle size is the process's RSS at the first
-    admission (the model is loaded and warm by then). A request arriving when nothing is
-    admitted is always taken, so a budget smaller than the model only serialises requests.
+    A request may need its body (held while it waits) and, while it runs, two kinds of
+    working memory:
+      - the model's: the activations one inference needs, measured at warm-up
+        (`inference_bytes`, see `peak_growth`; warm-up runs the largest network input and a
+        full pass of the mask head). The idle size already holds one set (ONNX Runtime's
+        arena keeps it), so each further concurrent inference adds one more.
+      - the photo's: `BYTES_PER_PIXEL` per pixel its header declares (decoded RGB, the label
+        map of the rendered answer, the largest mask crop, the encoder's output; measured
+        7.4 B/px for a 40-megapixel PNG answer with the R50 model, so 10 leaves room).
+    Only `workers` requests run at once, so the need is every admitted body, the `workers`
+    largest photo estimates, and (min(admitted, workers) - 1) * inference_bytes. The idle
+    size is the process's RSS at the first admission (the model is loaded and warm by then).
+    A request arriving when nothing is admitted is always taken, so a budget smaller than
+    the model only serialises requests.
     """
 
     BYTES_PER_PIXEL = 10
@@ -102,29 +108,33 @@ class MemoryBudget:
         self.budget_bytes = int(budget_bytes)
         self.workers = workers
         self.idle_bytes: int | None = None
-        self._admitted: dict[int, tuple[int, int]] = {}  # ticket -> (body bytes, working bytes)
+        self._admitted: dict[int, tuple[int, int]] = {}  # ticket -> (body bytes, photo working bytes)
         self._lock = threading.Lock()
         self._next = 0
 
-    def need(self, admitted) -> int:
+    def need(self, admitted, inference_bytes: int = 0) -> int:
         """Bytes over the idle size that the given (body, working) requests may take at once."""
         bodies = sum(body for body, _ in admitted)
         working = sorted((w for _, w in admitted), reverse=True)[:self.workers]
-        return bodies + sum(working)
+        concurrent = min(len(admitted), self.workers)
+        return bodies + sum(working) + max(concurrent - 1, 0) * int(inference_bytes)
 
-    def admit(self, body_bytes: int, pixels: int) -> int:
-        """A ticket for `release`, or MemoryBudgetError."""
+    def admit(self, body_bytes: int, pixels: int, inference_bytes: int = 0) -> int:
+        """A ticket for `release`, or MemoryBudgetError. `inference_bytes`: one inference's
+        working memory, as measured at warm-up (0 where unknown)."""
         request = (int(body_bytes), int(pixels) * self.BYTES_PER_PIXEL)
         with self._lock:
             if self.idle_bytes is None:
                 self.idle_bytes = _rss_bytes()
             admitted = list(self._admitted.values())
-            if admitted and self.idle_bytes + self.need(admitted + [request]) > self.budget_bytes:
+            now = self.need(admitted, inference_bytes)
+            then = self.need(admitted + [request], inference_bytes)
+            if admitted and self.idle_bytes + then > self.budget_bytes:
                 mb = 2**20
                 raise MemoryBudgetError(
-                    f"memory budget: {len(admitted)} request(s) in progress may need "
-                    f"{self.need(admitted) // mb} MB over the idle {self.idle_bytes // mb} MB, and this one "
-                    f"{request[0] // mb + request[1] // mb} MB more; the budget is {self.budget_bytes // mb} MB")
+                    f"memory budget: {len(admitted)} request(s) in progress may need {now // mb} MB over "
+                    f"the idle {self.idle_bytes // mb} MB, and this one {(then - now) // mb} MB more; "
+                    f"the budget is {self.budget_bytes // mb} MB")
             self._next += 1
             self._admitted[self._next] = request
             return self._next
@@ -132,6 +142,29 @@ class MemoryBudget:
     def release(self, ticket: int) -> None:
         with self._lock:
             self._admitted.pop(ticket, None)
+
+
+def peak_growth(fn) -> int:
+    """Run `fn()` and return how far this process's resident set rose above where it was
+    before: peak RSS (VmHWM, restarted first through /proc/self/clear_refs) minus the RSS
+    before; where the peak cannot be restarted, the RSS after minus before (what an arena
+    kept). 0 where /proc is missing."""
+    before = _rss_bytes()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        peak_known = True
+    except OSError:
+        peak_known = False
+    fn()
+    after = _peak_rss_bytes() if peak_known else _rss_bytes()
+    return max(after - before, 0) if before else 0
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set since start or the last restart (VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _rss_bytes() -> int:

@@ -64,6 +64,7 @@ class FakeEngine:
         self.class_names = list(class_names)
         self.model_name = "fake-maskrcnn"
         self.backend_name = "fake"
+        self.precision = "fp32"
         self.untrained = False
         self.demo = False
         self.calls: list[dict] = []

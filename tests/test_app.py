@@ -196,7 +196,7 @@ def test_ping_and_execution_parameters(engine):
     config = ServerConfig(workers=2, max_body_bytes=20 * MIB)
     client = falcon.testing.TestClient(create_app(engine, config))
     assert client.simulate_get("/ping").json == {"status": "ok", "model": "fake-maskrcnn", "backend": "fake",
-                                                 "demo": False}
+                                                 "precision": "fp32", "demo": False}
     assert client.simulate_get("/execution-parameters").json == {
         "MaxConcurrentTransforms": 2, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 20}
 

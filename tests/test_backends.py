@@ -29,10 +29,12 @@ def test_every_backend_is_listed_with_a_reason_when_unavailable():
         assert status["tensorrt"] and status["onnxruntime-cuda"]
 
 
-def test_auto_takes_tensorrt_then_onnxruntime_cuda_then_cpu():
-    assert choose_backend({"tensorrt": None, "onnxruntime-cuda": None, "onnxruntime-cpu": None}) == "tensorrt"
-    assert choose_backend({"tensorrt": "no plans", "onnxruntime-cuda": None, "onnxruntime-cpu": None}) == "onnxruntime-cuda"
-    assert choose_backend({"tensorrt": "x", "onnxruntime-cuda": "y", "onnxruntime-cpu": None}) == "onnxruntime-cpu"
+def test_auto_takes_tensorrt_then_onnxruntime_cuda_then_openvino_then_onnxruntime_cpu():
+    assert choose_backend({"tensorrt": None, "onnxruntime-cuda": None, "openvino": None, "onnxruntime-cpu": None}) == "tensorrt"
+    assert choose_backend({"tensorrt": "no plans", "onnxruntime-cuda": None, "openvino": None,
+                           "onnxruntime-cpu": None}) == "onnxruntime-cuda"
+    assert choose_backend({"tensorrt": "x", "onnxruntime-cuda": "y", "openvino": None, "onnxruntime-cpu": None}) == "openvino"
+    assert choose_backend({"tensorrt": "x", "onnxruntime-cuda": "y", "openvino": "w", "onnxruntime-cpu": None}) == "onnxruntime-cpu"
     with pytest.raises(BackendUnavailableError, match="tensorrt: x; onnxruntime-cuda: y; onnxruntime-cpu: z"):
         choose_backend({"tensorrt": "x", "onnxruntime-cuda": "y", "onnxruntime-cpu": "z"})
 
@@ -77,7 +79,8 @@ def test_engine_backends_command_lists_every_backend_and_the_auto_choice():
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines[:3]] == list(BACKENDS)
+    assert [line.split()[0] for line in lines[:len(BACKENDS)]] == list(BACKENDS)
     assert lines[-1].startswith("auto picks ") and lines[-1].split()[2] in BACKENDS
     if cuda_memory.device_reason() is not None:
-        assert "unavailable:" in lines[0] and "unavailable:" in lines[1] and lines[-1].split()[2] == "onnxruntime-cpu"
+        cpu = "openvino" if available_backends()["openvino"] is None else "onnxruntime-cpu"
+        assert "unavailable:" in lines[0] and "unavailable:" in lines[1] and lines[-1].split()[2] == cpu

@@ -19,12 +19,14 @@ def test_engine_settings_come_from_the_settings_table_too():
                                     "MASKRCNN_CUDA_TF32": "1", "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
     assert (config.backend, config.threads, config.cuda_tf32) == ("onnxruntime-cpu", 6, True)
     assert config.threads_per_worker(available=2) == 3  # MASKRCNN_THREADS shared by the workers
+    assert ServerConfig.from_env({"MASKRCNN_PRECISION": " BF16 "}).precision == "bf16"
     defaults = ServerConfig.from_env({})
-    assert (defaults.backend, defaults.threads, defaults.cuda_tf32) == ("auto", None, False)
+    assert (defaults.backend, defaults.threads, defaults.cuda_tf32, defaults.precision) == ("auto", None, False, None)
     assert defaults.threads_per_worker(available=2) == 2
     for env, message in [({"MASKRCNN_THREADS": "0"}, "threads must be at least 1"),
                          ({"MASKRCNN_THREADS": "two"}, "MASKRCNN_THREADS='two' is not a valid int"),
-                         ({"MASKRCNN_CUDA_TF32": "yes"}, "MASKRCNN_CUDA_TF32='yes' must be 0 or 1")]:
+                         ({"MASKRCNN_CUDA_TF32": "yes"}, "MASKRCNN_CUDA_TF32='yes' must be 0 or 1"),
+                         ({"MASKRCNN_PRECISION": "fp16"}, "precision must be fp32 or bf16, got 'fp16'")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             ServerConfig.from_env(env)
 

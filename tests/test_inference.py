@@ -139,6 +139,28 @@ def test_memory_budget_counts_bodies_and_the_running_requests_working_memory():
     two.admit(100 * mb, 0)  # a body that fits beside them
 
 
+def test_memory_budget_counts_one_inference_per_further_concurrent_request():
+    """The idle size holds one inference's activations; a second running at once needs its
+    own set (measured at warm-up), a third waiting for a worker does not."""
+    from server.inference import MemoryBudget, MemoryBudgetError
+
+    mb, per_px = 2**20, MemoryBudget.BYTES_PER_PIXEL
+    two = MemoryBudget(budget_bytes=1000 * mb, workers=2)
+    two.idle_bytes = 600 * mb
+    first = two.admit(0, 10 * mb // per_px, inference_bytes=300 * mb)  # alone: 10 MB
+    assert two.need(list(two._admitted.values()), 300 * mb) == 10 * mb
+    second = two.admit(0, 10 * mb // per_px, inference_bytes=300 * mb)  # beside it: 10 + 10 + 300
+    assert two.need(list(two._admitted.values()), 300 * mb) == 320 * mb
+    two.admit(50 * mb, 10 * mb // per_px, inference_bytes=300 * mb)  # waits: only its body more
+    assert two.need(list(two._admitted.values()), 300 * mb) == 370 * mb
+    with pytest.raises(MemoryBudgetError, match="and this one"):
+        two.admit(0, 1, inference_bytes=400 * mb)  # with a larger model the second would not fit
+    two.release(first)
+    two.release(second)
+    # without the measured inference the same three look cheap
+    assert two.need(list(two._admitted.values())) == 60 * mb
+
+
 def test_a_request_past_the_memory_budget_is_503_with_retry_after(engine, jpeg_body):
     """Through the app: with the budget spent by a request in progress, the next one is
     refused before its pixels are decoded; once the first is done, requests are taken again."""

@@ -383,3 +383,61 @@ def test_memory_budget_refuses_before_the_peak_grows(small_model_dir, tmp_path):
     refused = [r for r in replies if r.status_code == 503]
     assert all("memory budget" in r.json()["error"] and r.headers["Retry-After"] for r in refused)
     assert peak_mb < 200, f"peak {peak_mb:.0f} MB over idle with one request at a time"
+
+
+def _model_ready(srv: ServerProcess) -> dict:
+    """The server's "model ready" log record."""
+    lines = (json.loads(line) for line in srv.log().splitlines() if line.startswith("{"))
+    return next(record for record in lines if record["message"] == "model ready")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read a process's peak RSS")
+def test_memory_budget_counts_the_activations_of_each_concurrent_inference(small_model_dir, tmp_path):
+    """Two workers: a second inference running beside the first needs a second set of the
+    model's activations (ONNX Runtime's arena grows by what warm-up measured), though the
+    photos are small. Server A measures its idle size and that figure; server B gets a
+    budget of idle + half of it. Six concurrent small PNG answers on B: the second to arrive
+    while one runs is refused (503 naming the budget), and B's peak stays under its budget,
+    which counting only bodies and pixels (a few MB) would have let it pass."""
+    from skimage import data
+
+    photo = encode_pil(data.astronaut(), "JPEG", quality=90)
+    headers = {"Content-Type": "image/jpeg", "Accept": "image/png",
+               "X-Amzn-SageMaker-Custom-Attributes": json.dumps({"score_threshold": 0.0, "max_detections": 100})}
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "2", "MASKRCNN_QUEUE_SIZE": "6"}
+
+    def settle(srv):  # the sizes of a few sequential requests, as under steady load
+        srv.wait_ready()
+        for _ in range(3):
+            assert http_call(srv.url + "/invocations", body=photo, headers=headers, timeout=60).status_code == 200
+
+    first = ServerProcess(small_model_dir, tmp_path / "a.log", extra_env=env)
+    try:
+        settle(first)
+        idle_mb = first.memory_kb("VmRSS") / 1024
+        inference_mb = _model_ready(first)["inference_mb"]
+    finally:
+        first.proc.terminate()
+        first.proc.wait(30)
+    assert inference_mb > 20, f"warm-up measured {inference_mb} MB for one inference"
+    budget_mb = round(idle_mb + inference_mb / 2)
+    srv = ServerProcess(small_model_dir, tmp_path / "b.log", extra_env={**env, "MASKRCNN_MEMORY_BUDGET_MB": str(budget_mb)})
+    replies = []
+    try:
+        settle(srv)
+        srv.reset_peak_memory()
+        clients = [threading.Thread(target=lambda: replies.append(
+            http_call(srv.url + "/invocations", body=photo, headers=headers, timeout=120))) for _ in range(6)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+        peak_mb = srv.memory_kb("VmHWM") / 1024
+    finally:
+        srv.proc.terminate()
+        srv.proc.wait(30)
+    statuses = sorted(r.status_code for r in replies)
+    print(f"idle {idle_mb:.0f} MB, one inference {inference_mb} MB, budget {budget_mb} MB: {statuses}, peak {peak_mb:.0f} MB")
+    assert len(statuses) == 6 and 200 in statuses and set(statuses) == {200, 503}, statuses
+    assert all("memory budget" in r.json()["error"] for r in replies if r.status_code == 503)
+    assert peak_mb <= budget_mb, f"peak {peak_mb:.0f} MB passed the budget of {budget_mb} MB"

@@ -67,6 +67,9 @@ class Backend(abc.ABC):
     """Runs the three graphs of a model directory (see the module docstring for shapes)."""
 
     name: str
+    # The arithmetic the graphs run in, as the runtime reports it: "fp32", "bf16", "fp16",
+    # "int8", or a "+"-joined mix (an INT8 directory keeps some layers in FP32).
+    precision: str = "fp32"
 
     @abc.abstractmethod
     def run_dense(self, images: np.ndarray) -> DenseOutputs:

@@ -1,9 +1,11 @@
-"""Running a head graph on more RoIs per level than its TensorRT profile allows, in passes.
+"""Running a head graph on many RoIs in passes.
 
-A head graph takes rois_<j> (Rj, 4) for each pyramid level j, each with 1 <= Rj <= limit_j,
-and returns rows in level order (all of level 0, then level 1, ...). `run_in_chunks` cuts
-the levels into passes that fit, gives a level that has run out a filler row (whose output
-is dropped), and stitches the outputs back into the level order of a single run.
+A head graph takes rois_<j> (Rj, 4) for each pyramid level j, each with Rj >= 1, and returns
+rows in level order (all of level 0, then level 1, ...). `run_in_chunks` cuts the levels into
+passes that fit a TensorRT profile (Rj <= limit_j); `run_in_row_passes` into passes of at
+most N rows in all (what bounds ONNX Runtime's arena on the CPU). Both give a level with no
+row in a pass a filler row (whose output is dropped) and stitch the outputs back into the
+level order of a single run.
 """
 
 from __future__ import annotations
@@ -55,3 +57,41 @@ def run_in_chunks(rois: list[np.ndarray], limits: list[int], run, class_ids: np.
             offset += max(n, 1)
     num_outputs = len(pieces[0][0])
     return tuple(np.concatenate([piece[k] for level in pieces for piece in level]) for k in range(num_outputs))
+
+
+def run_in_row_passes(rois: list[np.ndarray], max_rows: int, run, class_ids: np.ndarray | None = None):
+    """The outputs of `run(rois, class_ids)` for all rows, each run taking at most `max_rows`
+    of them (plus a filler row for each level that has none in that pass).
+
+    Rows are taken in level order, so a pass spans the end of one level and the start of the
+    next; the outputs, fillers dropped, concatenate back into the level order of one run.
+    Same arguments and result as `run_in_chunks`, with one bound on the rows of a pass
+    instead of one per level: what bounds the memory a CPU runtime keeps for a head graph.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    counts = [int(r.shape[0]) for r in rois]
+    total = sum(counts)
+    if total <= max_rows:
+        return run(rois, class_ids)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pieces = []
+    for lo in range(0, total, max_rows):
+        hi = min(total, lo + max_rows)
+        chunk, ids, keep = [], [], []
+        for j, level in enumerate(rois):
+            a, b = max(lo, starts[j]), min(hi, starts[j + 1])
+            if a < b:
+                chunk.append(level[a - starts[j] : b - starts[j]])
+                if class_ids is not None:
+                    ids.append(class_ids[a:b])
+                keep.append(np.ones(b - a, bool))
+            else:  # no row of this level in this pass: a filler keeps the input non-empty
+                chunk.append(FILLER_BOX)
+                if class_ids is not None:
+                    ids.append(np.zeros(1, class_ids.dtype))
+                keep.append(np.zeros(1, bool))
+        outputs = run(chunk, np.concatenate(ids) if class_ids is not None else None)
+        real = np.concatenate(keep)
+        pieces.append(tuple(out[real] for out in outputs))
+    return tuple(np.concatenate([piece[k] for piece in pieces]) for k in range(len(pieces[0])))

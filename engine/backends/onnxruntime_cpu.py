@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
+from .chunking import run_in_row_passes
 
 log = logging.getLogger(__name__)
 
@@ -28,34 +29,47 @@ def dense_outputs(values: list, num_features: int, num_levels: int) -> DenseOutp
     )
 
 
+def cpu_session(path, threads: int):
+    """An ONNX Runtime CPU session for one graph, set up for serving (ModelDirError if the
+    file cannot be loaded)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle ORT threads would otherwise spin on the cores after each graph, slowing the
+    # numpy stages between graphs and the rendering after predict (measured: render +
+    # encode 26 -> 16 ms, predict 4.1 -> 3.6 s on 2 loaded cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ONNX Runtime's memory pattern plans one block per input shape from the second run
+    # on, allocated beside the arena chunks the first run left: R50's steady RSS went
+    # 965 -> 1496 MB with it, at the same speed, so it is off (the arena still reuses buffers).
+    options.enable_mem_pattern = False
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise ModelDirError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
+
+
 class OnnxRuntimeCpuBackend(Backend):
     name = "onnxruntime-cpu"
+    # The mask head runs on at most this many detections at a time. ONNX Runtime's arena
+    # keeps the largest activations it has ever needed, about 2.7 MB per RoI for R50, so
+    # max_detections=1000 in one run grew the process by 2.4 GB for good; in passes the arena
+    # is bounded by this many rows, reached at warm-up (Engine.warmup runs 100 detections).
+    # Not fewer: on R50 (2 cores) 100 detections took 889 ms in one run, 1031 ms in passes
+    # of 50, 1074 ms in passes of 32 (the convolutions are faster on larger batches).
+    MASK_HEAD_ROWS_PER_RUN = 100
 
     def __init__(self, model_dir, threads: int | None = None):
         import onnxruntime as ort
 
         self._ort = ort
         self.threads = threads or default_threads()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle ORT threads would otherwise spin on the cores after each graph, slowing the
-        # numpy stages between graphs and the rendering after predict (measured: render +
-        # encode 26 -> 16 ms, predict 4.1 -> 3.6 s on 2 loaded cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # ONNX Runtime's memory pattern plans one block per input shape from the second run
-        # on, allocated beside the arena chunks the first run left: R50's steady RSS went
-        # 965 -> 1496 MB with it, at the same speed, so it is off (the arena still reuses buffers).
-        options.enable_mem_pattern = False
-        self.sessions = {}
-        for key in GRAPHS:
-            path = model_dir.graph_path(key)
-            try:
-                self.sessions[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-                raise ModelDirError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
+        self.sessions = {key: cpu_session(model_dir.graph_path(key), self.threads) for key in GRAPHS}
+        self.precision = "int8+fp32" if model_dir.config.quantization is not None else "fp32"
         self.feature_names = list(model_dir.config.features)
         self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas
@@ -85,7 +99,11 @@ class OnnxRuntimeCpuBackend(Backend):
 
     def run_mask_head(self, features, rois: list[np.ndarray], class_ids: np.ndarray) -> np.ndarray:
         """rois per level + class_ids (R,) int64 in level order -> mask_probs (R, M, M)."""
-        feed = self._head_feed(features, rois)
-        feed["class_ids"] = self._value(class_ids.astype(np.int64))
-        (probs,) = self.sessions["mask_head"].run_with_ort_values(["mask_probs"], feed)
-        return probs.numpy()
+        def run(chunk, ids):
+            feed = self._head_feed(features, chunk)
+            feed["class_ids"] = self._value(ids)
+            (probs,) = self.sessions["mask_head"].run_with_ort_values(["mask_probs"], feed)
+            return (probs.numpy(),)
+
+        (probs,) = run_in_row_passes(rois, self.MASK_HEAD_ROWS_PER_RUN, run, class_ids.astype(np.int64))
+        return probs

@@ -41,6 +41,7 @@ class OnnxRuntimeCudaBackend(Backend):
         options.intra_op_num_threads = self.threads  # only for nodes that fall back to the CPU
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.precision = "tf32" if tf32 else "fp32"
         providers = self._providers(device_id, tf32)
         self.sessions = {}
         for key in GRAPHS:

@@ -1,0 +1,127 @@
+"""engine/backends/openvino_cpu.py: OpenVINO on the CPU, alone or with its heads on ONNX Runtime.
+
+The default configuration (dense graph on OpenVINO, heads on ONNX Runtime) runs the whole
+parity suite in test_parity.py; here: the all-OpenVINO configuration against torchvision,
+precision read back from the compiled graphs, BF16 where the CPU has it (and a clear error
+where it does not), concurrent calls, and the surfaces that report backend and precision.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import Engine
+from engine.backends import backend_precisions
+from engine.errors import BackendUnavailableError
+from helpers import photo, torchvision_predict
+from test_parity import assert_parity
+
+openvino = pytest.importorskip("openvino")
+from engine.backends.openvino_cpu import OpenVinoCpuBackend, cpu_precisions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_OPENVINO = {"box_head": "openvino", "mask_head": "openvino"}
+
+
+def all_openvino_engine(model_dir, precision: str = "fp32") -> Engine:
+    engine = Engine.load(model_dir, backend="onnxruntime-cpu")
+    engine.backend = OpenVinoCpuBackend(engine.model_dir, precision=precision, head_runtimes=ALL_OPENVINO)
+    return engine
+
+
+def test_default_configuration_runs_the_dense_graph_on_openvino_and_the_heads_on_onnxruntime(small_model_dir):
+    engine = Engine.load(small_model_dir, backend="openvino")
+    assert engine.backend_name == "openvino" and engine.precision == "fp32"
+    assert {g: engine.backend.runtime_of(g) for g in ("dense", "box_head", "mask_head")} == {
+        "dense": "openvino", "box_head": "onnxruntime", "mask_head": "onnxruntime"}
+    # read back from the compiled graph: its convolutions run in FP32
+    assert engine.backend.precisions["dense"] == "fp32"
+
+
+@pytest.mark.parametrize("name,threshold", [("astronaut", 0.5), ("coffee", 0.05), ("chelsea", 0.3)])
+def test_all_openvino_fp32_matches_torchvision_on_the_small_model(name, threshold, small_model, small_model_dir):
+    engine = all_openvino_engine(small_model_dir)
+    assert set(engine.backend.precisions.values()) == {"fp32"}
+    image = photo(name)
+    assert_parity(torchvision_predict(small_model, image, threshold), engine.predict(image, score_threshold=threshold), image.shape)
+
+
+def test_all_openvino_fp32_matches_torchvision_on_r50(r50_models, r50_model_dirs):
+    arch = "maskrcnn_resnet50_fpn"
+    engine = all_openvino_engine(r50_model_dirs(arch))
+    image = photo("astronaut")
+    ref = torchvision_predict(r50_models(arch), image, 0.5)
+    det = engine.predict(image, score_threshold=0.5)
+    assert len(det) > 5
+    assert_parity(ref, det, image.shape)
+
+
+def test_bf16_where_the_cpu_has_it_else_a_clear_error(small_model_dir):
+    listed = backend_precisions("openvino")
+    assert listed == cpu_precisions() and listed[0] == "fp32"
+    if "bf16" not in listed:
+        with pytest.raises(BackendUnavailableError, match="no BF16 instructions"):
+            Engine.load(small_model_dir, backend="openvino", precision="bf16")
+        with pytest.raises(BackendUnavailableError, match="no BF16 instructions"):
+            Engine.load(small_model_dir, backend="auto", precision="bf16")
+        return
+    engine = all_openvino_engine(small_model_dir, "bf16")
+    # read back: the dense graph runs BF16, the mask head is kept at FP32 (BF16_KEEPS_FP32)
+    assert "bf16" in engine.backend.precisions["dense"] and engine.backend.precisions["mask_head"] == "fp32"
+    fp32 = all_openvino_engine(small_model_dir).predict(photo("coffee"), score_threshold=0.3)
+    bf16 = engine.predict(photo("coffee"), score_threshold=0.3)
+    assert abs(len(bf16) - len(fp32)) <= max(2, len(fp32) // 10)
+
+
+def test_precision_is_refused_on_backends_that_do_not_run_it(small_model_dir):
+    with pytest.raises(BackendUnavailableError, match="needs the openvino backend"):
+        Engine.load(small_model_dir, backend="onnxruntime-cpu", precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Engine.load(small_model_dir, backend="openvino", precision="fp16")
+
+
+def test_concurrent_predicts_each_get_their_own_infer_request(small_model_dir):
+    """Feature maps are views of the dense request's output tensors until release: two
+    calls at once must not see each other's (each takes a request from the pool)."""
+    engine = Engine.load(small_model_dir, backend="openvino", threads=1)
+    images = [photo("astronaut"), photo("coffee")]
+    alone = [engine.predict(image, score_threshold=0.05) for image in images]
+    results = {}
+
+    def run(i):
+        for _ in range(3):
+            results.setdefault(i, []).append(engine.predict(images[i], score_threshold=0.05))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, expected in enumerate(alone):
+        for det in results[i]:
+            assert len(det) == len(expected)
+            np.testing.assert_allclose(det.boxes, expected.boxes, atol=1e-4)
+            np.testing.assert_allclose(det.scores, expected.scores, atol=1e-5)
+
+
+def test_cli_lists_openvino_with_its_precisions_and_predicts_with_it(demo_model_dir, tmp_path):
+    import cv2
+    from skimage import data
+
+    listing = subprocess.run([sys.executable, "-m", "engine", "backends"], cwd=ROOT, capture_output=True, text=True)
+    line = next(line for line in listing.stdout.splitlines() if line.startswith("openvino"))
+    assert f"available ({', '.join(cpu_precisions())})" in line
+    image = tmp_path / "astronaut.png"
+    cv2.imwrite(str(image), data.astronaut()[..., ::-1])
+    out = subprocess.run([sys.executable, "-m", "engine", "predict", "--model-dir", str(demo_model_dir),
+                          "--backend", "openvino", "--precision", "fp32", "--json", str(image)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads(out.stdout)) >= {"labels", "boxes", "scores"}
