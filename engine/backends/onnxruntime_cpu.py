@@ -69,7 +69,7 @@ class OnnxRuntimeCpuBackend(Backend):
         self._ort = ort
         self.threads = threads or default_threads()
         self.sessions = {key: cpu_session(model_dir.graph_path(key), self.threads) for key in GRAPHS}
-        self.precision = "int8+fp32" if model_dir.config.quantization is not None else "fp32"
+        self.precision = "fp32+int8" if model_dir.config.quantization is not None else "fp32"
         self.feature_names = list(model_dir.config.features)
         self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas

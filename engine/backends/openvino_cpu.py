@@ -104,7 +104,7 @@ class OpenVinoCpuBackend(Backend):
                 from .onnxruntime_cpu import cpu_session
 
                 self._ort_sessions[key] = cpu_session(path, self.threads)
-                self.precisions[key] = "int8+fp32" if quantized else "fp32"
+                self.precisions[key] = "fp32+int8" if quantized else "fp32"
                 continue
             graph_precision = "fp32" if key in fp32_graphs else precision
             config = {
