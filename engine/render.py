@@ -200,16 +200,17 @@ def caption_boxes(text_sizes, boxes, image_size, gap: int = 0) -> list:
         preferred = _clamp(np.array([(bx1, by1 - ch), (bx1, by1), (bx1, by1 + gap), (bx1, by2 + 1)]),
                            cw, ch, image_size)
         corner = _first_free(preferred, cw, ch, placed)
-        near = (np.abs(placed[:, :2] - preferred[0]) < (3 * cw, 3 * ch)).all(axis=1)
-        nearest = np.argsort(((placed[:, :2] - preferred[0]) ** 2).sum(axis=1), kind="stable")[:_NEIGHBOURS]
         # Placed captions only accumulate, so once a caption found no room next to its
         # neighbours, one at least as wide and as tall is not searched for again: with
         # hundreds of captions the searches, O(N^2) corners each, took minutes.
         full = any(cw >= fw and ch >= fh for fw, fh in no_room)
-        searches = (placed[near],) if full else (placed[near], placed[nearest])  # close by first
-        for search, edges in enumerate(searches):
+        for search in range(1 if full else 2):  # the captions close by first, then the nearest
             if corner is not None:
                 break
+            if search == 0:
+                edges = placed[(np.abs(placed[:, :2] - preferred[0]) < (3 * cw, 3 * ch)).all(axis=1)]
+            else:
+                edges = placed[np.argsort(((placed[:, :2] - preferred[0]) ** 2).sum(axis=1), kind="stable")[:_NEIGHBOURS]]
             # Every position where a caption can stop sliding up and left has x at 0 or at
             # a placed caption's right edge, and y at 0 or a bottom edge: with the edges of
             # the captions around, if any free position exists among them, one of these is.

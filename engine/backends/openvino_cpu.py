@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import BackendUnavailableError, ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 from .chunking import run_in_row_passes
+from .onnxruntime_cpu import OnnxRuntimeCpuBackend, cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ class _Features(list):
 
 class OpenVinoCpuBackend(Backend):
     name = "openvino"
-    # as OnnxRuntimeCpuBackend: the mask head takes at most this many detections at a time,
-    # so its memory is bounded by what warm-up reached
-    MASK_HEAD_ROWS_PER_RUN = 100
+    # the mask head takes at most this many detections at a time, as on OnnxRuntimeCpuBackend
+    # (why 100: there), so its memory is bounded by what warm-up reached
+    MASK_HEAD_ROWS_PER_RUN = OnnxRuntimeCpuBackend.MASK_HEAD_ROWS_PER_RUN
 
     def __init__(self, model_dir, threads: int | None = None, precision: str = "fp32",
                  head_runtimes: dict[str, str] | None = None):
@@ -101,8 +102,6 @@ class OpenVinoCpuBackend(Backend):
         for key in GRAPHS:
             path = model_dir.graph_path(key)
             if self.head_runtimes.get(key) == "onnxruntime":
-                from .onnxruntime_cpu import cpu_session
-
                 self._ort_sessions[key] = cpu_session(path, self.threads)
                 self.precisions[key] = "fp32+int8" if quantized else "fp32"
                 continue
