@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Backends and precisions against ONNX Runtime FP32 on the demo model's held-out scenes:
-detection agreement and COCO AP, the same model directory for all.
+detection agreement and COCO AP, the same model directory for all; with --r50, the same
+agreement for the seeded random-weight R50 on scikit-image photos.
 
-    python benchmarks/backend_accuracy.py [--model-dir demo/model] [--scenes 300]
-        [--configs openvino:fp32 openvino:bf16]
+    python benchmarks/backend_accuracy.py [--model-dir demo/model] [--scenes 300] [--r50]
+        [--configs openvino:fp32 openvino:bf16 openvino:bf16:box_head=openvino/bf16 ...]
 
-Each config is BACKEND:PRECISION; one this machine cannot run (bf16 without BF16
-instructions) is recorded with the reason. Agreement: of the reference's detections scoring
->= 0.5, the fraction the config also returns with the same class and box IoU >= 0.9 (issue
-15's BF16 criteria: >= 97%, box AP and mask AP each within 0.01). Writes
-benchmarks/results/backend_accuracy.json.
+Each config is BACKEND:PRECISION, optionally followed by :GRAPH=RUNTIME/PRECISION,... to
+override the openvino backend's plan for that precision (engine.backends.openvino_cpu.PLANS),
+e.g. openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16 runs every graph
+in BF16. A config this machine
+cannot run (bf16 without BF16 instructions) is recorded with the reason. Agreement: of the
+reference's detections scoring >= 0.5, the fraction the config also returns with the same
+class and box IoU >= 0.9 (issue 15's BF16 criteria: >= 97%, box AP and mask AP each within
+0.01). Writes benchmarks/results/backend_accuracy.json.
 """
 
 from __future__ import annotations
@@ -21,15 +25,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.int8_accuracy import agreement  # noqa: E402
+from benchmarks.compare_torchvision import CALIBRATION_PHOTOS  # noqa: E402
+from benchmarks.int8_accuracy import R50_MEASURED_PHOTOS, agreement  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+
+# the plans (openvino_cpu.PLANS), then BF16 in the heads too: the mask head, then every graph
+DEFAULT_CONFIGS = ["openvino:fp32", "openvino:bf16", "openvino:bf16:mask_head=openvino/bf16",
+                   "openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16"]
+
+
+def load_config(model_dir, config: str):
+    """An Engine for BACKEND:PRECISION[:GRAPH=RUNTIME/PRECISION,...] (see the module docstring)."""
+    from engine import Engine
+    from engine.backends.openvino_cpu import OpenVinoCpuBackend
+    from engine.model_dir import ModelDir
+
+    backend, precision, *overrides = config.split(":")
+    if not overrides:
+        return Engine.load(model_dir, backend=backend, precision=precision)
+    if backend != "openvino":
+        raise ValueError(f"{config}: plan overrides are for the openvino backend")
+    plan = {graph: tuple(value.split("/")) for graph, value in (item.split("=") for item in overrides[0].split(","))}
+    directory = ModelDir.open(Path(model_dir))
+    return Engine(directory, OpenVinoCpuBackend(directory, precision=precision, plan=plan))
+
+
+def graphs_of(engine) -> dict:
+    backend = engine.backend
+    return {g: f"{getattr(backend, 'runtime_of', lambda _: 'onnxruntime')(g)} "
+               f"{getattr(backend, 'precisions', {}).get(g, engine.precision)}"
+            for g in ("dense", "box_head", "mask_head")}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / "demo" / "model")
     parser.add_argument("--scenes", type=int, default=300)
-    parser.add_argument("--configs", nargs="+", default=["openvino:fp32", "openvino:bf16"])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--r50", action="store_true", help="also: agreement on the random-weight R50 (skimage photos)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "backend_accuracy.json")
     args = parser.parse_args(argv)
 
@@ -42,22 +75,22 @@ def main(argv=None) -> int:
 
     def figures(engine) -> dict:
         coco = evaluate(engine_predictor(engine), scenes)
-        return {"backend": engine.backend_name, "precision": engine.precision,
-                "graphs": {g: f"{getattr(engine.backend, 'runtime_of', lambda _: 'onnxruntime')(g)} "
-                              f"{getattr(engine.backend, 'precisions', {}).get(g, engine.precision)}"
-                           for g in ("dense", "box_head", "mask_head")},
+        return {"backend": engine.backend_name, "precision": engine.precision, "graphs": graphs_of(engine),
                 "bbox_AP": round(coco["bbox"]["AP"], 4), "segm_AP": round(coco["segm"]["AP"], 4),
                 "median_ms": round(coco["median_ms"], 1)}
+
+    def runnable(model_dir, config):
+        try:
+            return load_config(model_dir, config)
+        except BackendUnavailableError as exc:
+            print(f"{config}: {exc}", file=sys.stderr)
+            return {"unavailable": str(exc)}
 
     reference = Engine.load(args.model_dir, backend="onnxruntime-cpu")
     rows = {"onnxruntime:fp32": figures(reference)}
     for config in args.configs:
-        backend, precision = config.split(":")
-        try:
-            engine = Engine.load(args.model_dir, backend=backend, precision=precision)
-        except BackendUnavailableError as exc:
-            rows[config] = {"unavailable": str(exc)}
-            print(f"{config}: {exc}", file=sys.stderr)
+        engine = rows[config] = runnable(args.model_dir, config)
+        if isinstance(engine, dict):
             continue
         row = figures(engine)
         matched, total = agreement(reference, engine, images)
@@ -66,8 +99,28 @@ def main(argv=None) -> int:
                     "segm_AP_minus_reference": round(row["segm_AP"] - rows["onnxruntime:fp32"]["segm_AP"], 4)})
         rows[config] = row
         print(f"{config}: {row}", file=sys.stderr)
-    write_results({"benchmark": "backend_accuracy", "model_dir": str(args.model_dir), "scenes": args.scenes,
-                   "reference": "onnxruntime:fp32", "results": rows}, args.output)
+    report = {"benchmark": "backend_accuracy", "model_dir": str(args.model_dir), "scenes": args.scenes,
+              "reference": "onnxruntime:fp32", "results": rows}
+
+    if args.r50:
+        from benchmarks.inputs import random_r50_model_dir, skimage_photo
+
+        r50_dir = random_r50_model_dir("backend-accuracy-")
+        photos = list(CALIBRATION_PHOTOS) + list(R50_MEASURED_PHOTOS)
+        r50_images = [skimage_photo(name) for name in photos]
+        r50_reference = Engine.load(r50_dir, backend="onnxruntime-cpu")
+        r50_rows = {}
+        for config in args.configs:
+            engine = r50_rows[config] = runnable(r50_dir, config)
+            if isinstance(engine, dict):
+                continue
+            matched, total = agreement(r50_reference, engine, r50_images)
+            r50_rows[config] = {"graphs": graphs_of(engine), "reference_detections": total, "matched": matched,
+                                "agreement_with_reference": round(matched / max(total, 1), 4)}
+            print(f"R50 {config}: {r50_rows[config]}", file=sys.stderr)
+        report["random_r50"] = {"arch": "maskrcnn_resnet50_fpn", "weights": "seeded random (seed 0)",
+                                "photos": photos, "reference": "onnxruntime:fp32", "results": r50_rows}
+    write_results(report, args.output)
     return 0
 
 

@@ -2,12 +2,17 @@
 """INT8 against FP32 on the demo model's held-out scenes: detection agreement, COCO AP and
 latency, both engines from the same checkpoint and export path.
 
+    python benchmarks/int8_accuracy.py --model-dir demo/model [--scenes 300] [--calib 16]
     python benchmarks/int8_accuracy.py --checkpoint CKPT [--scenes 300] [--calib 16]
     python benchmarks/int8_accuracy.py --random-r50 [--arch maskrcnn_resnet50_fpn ...]
 
-Agreement: of the FP32 engine's detections scoring >= 0.5, the fraction that the INT8 engine
-also returns with the same class and box IoU >= 0.9. Calibration uses training-range scenes
-(never the held-out ones). Writes benchmarks/results/int8_accuracy.json.
+--model-dir quantizes an FP32 demo model directory (the committed one: no checkpoint
+needed); --checkpoint exports a demo.shapes_model state_dict first. The INT8 directory runs
+on each CPU backend (onnxruntime-cpu, and openvino where it can run), each against the FP32
+directory on ONNX Runtime. Agreement: of the FP32 engine's detections scoring >= 0.5, the
+fraction that the INT8 engine also returns with the same class and box IoU >= 0.9.
+Calibration uses training-range scenes (never the held-out ones). Writes
+benchmarks/results/int8_accuracy.json.
 
 --random-r50 measures the same agreement for the seeded random-weight R50 models on
 scikit-image photos (calibrated on four, measured on the others), written to
@@ -76,6 +81,7 @@ def random_r50_agreement(archs, output: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, help="an FP32 demo model directory to quantize (e.g. demo/model)")
     parser.add_argument("--checkpoint", type=Path, help="demo.shapes_model state_dict")
     parser.add_argument("--random-r50", action="store_true", help="measure the random-weight R50 models instead")
     parser.add_argument("--arch", action="append", help="with --random-r50 (default: v1 and v2)")
@@ -88,41 +94,58 @@ def main(argv=None) -> int:
         archs = args.arch or list(ARCHS)
         random_r50_agreement(archs, args.output or results / "int8_agreement_random_r50.json")
         return 0
-    if args.checkpoint is None:
-        parser.error("--checkpoint is required (or --random-r50)")
+    if (args.checkpoint is None) == (args.model_dir is None):
+        parser.error("give one of --model-dir, --checkpoint (or --random-r50)")
 
-    import torch
+    import shutil
 
     from demo.evaluate import engine_predictor, evaluate, held_out_scenes
     from demo.shapes import CLASS_NAMES, TRAIN_SEED_START, generate_scene
-    from demo.shapes_model import build_shapes_model
     from engine import Engine
-    from exporter import export
-    from exporter.quantize import export_int8
+    from engine.backends import available_backends
+    from exporter.quantize import quantize_graphs
 
-    model = build_shapes_model()
-    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-    model.eval()
     work = Path(tempfile.mkdtemp(prefix="int8-"))
-    export(model, work / "fp32", CLASS_NAMES, mask_paste="aligned", quiet=True)
+    if args.model_dir is not None:
+        fp32_dir = args.model_dir
+    else:
+        import torch
+
+        from demo.shapes_model import build_shapes_model
+        from exporter import export
+
+        model = build_shapes_model()
+        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+        model.eval()
+        fp32_dir = export(model, work / "fp32", CLASS_NAMES, mask_paste="aligned", quiet=True)
     calibration = [generate_scene(TRAIN_SEED_START + i).image for i in range(args.calib)]
-    export_int8(model, work / "int8", CLASS_NAMES, calibration, mask_paste="aligned", quiet=True)
-    engines = {"fp32": Engine.load(work / "fp32"), "int8": Engine.load(work / "int8")}
+    shutil.copytree(fp32_dir, work / "int8")
+    quantize_graphs(Path(fp32_dir), work / "int8", calibration, quiet=True)
+    engines = {"fp32 onnxruntime-cpu": Engine.load(fp32_dir, backend="onnxruntime-cpu"),
+               "int8 onnxruntime-cpu": Engine.load(work / "int8", backend="onnxruntime-cpu")}
+    if available_backends()["openvino"] is None:
+        engines["int8 openvino"] = Engine.load(work / "int8", backend="openvino")
     scenes = held_out_scenes(args.scenes)
 
-    figures, latency = {}, {}
+    figures, latency, agreements = {}, {}, {}
     for name, engine in engines.items():
         start = time.perf_counter()
         figures[name] = evaluate(engine_predictor(engine), scenes)
         latency[name] = (time.perf_counter() - start) / len(scenes) * 1000.0
-    matched, total = agreement(engines["fp32"], engines["int8"], [scene.image for scene in scenes])
+        if name != "fp32 onnxruntime-cpu":
+            matched, total = agreement(engines["fp32 onnxruntime-cpu"], engine, [scene.image for scene in scenes])
+            agreements[name] = {"matched": matched, "fp32_detections": total, "agreement": round(matched / max(total, 1), 4)}
+        print(f"{name}: box AP {figures[name]['bbox']['AP']:.4f}, mask AP {figures[name]['segm']['AP']:.4f}, "
+              f"{agreements.get(name, '')}", file=sys.stderr)
     report = {
         "benchmark": "int8_accuracy",
-        "model": "demo shapes model (aligned paste)",
+        "model": f"demo shapes model (aligned paste), from {args.model_dir or args.checkpoint}",
         "scenes": args.scenes,
         "calibration_scenes": args.calib,
-        "agreement_fp32_detections_matched": round(matched / max(total, 1), 4),
-        "fp32_detections": total,
+        "agreement_with_fp32": agreements,
+        "graphs": {name: {g: f"{getattr(e.backend, 'runtime_of', lambda _: 'onnxruntime')(g)} "
+                             f"{getattr(e.backend, 'precisions', {}).get(g, e.precision)}"
+                          for g in ("dense", "box_head", "mask_head")} for name, e in engines.items()},
         "coco": {k: {"bbox_AP": v["bbox"]["AP"], "segm_AP": v["segm"]["AP"], "segm_AP50": v["segm"]["AP50"]} for k, v in figures.items()},
         "ms_per_scene_including_eval": {k: round(v, 1) for k, v in latency.items()},
     }

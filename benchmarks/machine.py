@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -19,6 +20,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# the instruction sets the CPU runtimes' speed depends on (FP32 AVX2/AVX-512, INT8 VNNI,
+# BF16 AVX-512 BF16 and AMX), as /proc/cpuinfo names them
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def package_versions(names) -> dict:
     """Installed version of each distribution in `names` (absent ones left out)."""
     versions = {}
@@ -30,7 +48,7 @@ def package_versions(names) -> dict:
     return versions
 
 
-def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch", "torchvision", "falcon", "waitress")) -> dict:
+def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "openvino", "torch", "torchvision", "falcon", "waitress")) -> dict:
     versions = package_versions(packages)
     try:
         cores = len(os.sched_getaffinity(0))
@@ -39,6 +57,7 @@ def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "torch"
     return {
         "cpu": cpu_model(),
         "cores": cores,
+        "cpu_features": cpu_features(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "os": platform.platform(),
@@ -51,7 +70,6 @@ def write_results(report: dict, path) -> None:
     (without the machine block)."""
     import json
     import time
-    from pathlib import Path
 
     report = {**report, "machine": describe(), "date": time.strftime("%Y-%m-%d")}
     path = Path(path)

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Speed against accuracy of the resize rule (`build_engine.py --min-size`).
 
-    python benchmarks/min_size.py --checkpoint DEMO_CKPT [--sizes 800 640 512] [--demo-sizes 240 200 160]
+    python benchmarks/min_size.py [--model-dir demo/model | --checkpoint DEMO_CKPT]
+        [--sizes 800 640 512] [--demo-sizes 240 200 160]
 
 R50-FPN v1 (seeded random weights: latency only) at each --min-size on the 640x480 photo, and
 the demo model's COCO AP on 300 held-out 320x240 scenes at each of its min sizes (max size
-scaled alike). Writes benchmarks/results/min_size.json.
+scaled alike): from the committed demo model directory (its resize rule is in model.json;
+the graphs take any input size), or exported again from a checkpoint. Each engine runs on
+`auto` at its default precision here. Writes benchmarks/results/min_size.json.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from benchmarks.machine import write_results  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="demo.shapes_model state_dict")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "demo" / "model", help="the demo model directory")
+    parser.add_argument("--checkpoint", type=Path, help="demo.shapes_model state_dict (instead of --model-dir)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[800, 640, 512])
     parser.add_argument("--demo-sizes", type=int, nargs="+", default=[240, 200, 160])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "min_size.json")
     args = parser.parse_args(argv)
 
-    import torch
+    import json
+    import shutil
 
     from demo.evaluate import engine_predictor, evaluate, held_out_scenes
     from demo.shapes import CLASS_NAMES
@@ -55,15 +60,25 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             engine.predict(photo, score_threshold=0.05, max_detections=10)
             times.append(time.perf_counter() - start)
-        r50.append({"min_size": size, "median_s": round(float(np.median(times)), 4)})
+        r50.append({"min_size": size, "backend": engine.backend_name, "precision": engine.precision, "median_s": round(float(np.median(times)), 4)})
         print(r50[-1], file=sys.stderr)
 
     scenes = held_out_scenes(300)
     demo = []
     for size in args.demo_sizes:
-        model = build_shapes_model()
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-        export(set_resize_rule(model.eval(), size), work / f"demo-{size}", CLASS_NAMES, mask_paste="aligned", quiet=True)
+        target = work / f"demo-{size}"
+        if args.checkpoint is not None:
+            import torch
+
+            model = build_shapes_model()
+            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+            export(set_resize_rule(model.eval(), size), target, CLASS_NAMES, mask_paste="aligned", quiet=True)
+        else:  # what set_resize_rule + export give: the same graphs, the rule in model.json
+            shutil.copytree(args.model_dir, target)
+            config = json.loads((target / "model.json").read_text())
+            old_min, old_max = config["transform"]["min_size"], config["transform"]["max_size"]
+            config["transform"].update(min_size=size, max_size=round(old_max * size / old_min))
+            (target / "model.json").write_text(json.dumps(config, indent=2) + "\n")
         engine = Engine.load(work / f"demo-{size}")
         start = time.perf_counter()
         figures = evaluate(engine_predictor(engine), scenes)

@@ -57,6 +57,7 @@ class ReplayEngine:
         self.class_names = engine.class_names
         self.model_name = engine.model_name
         self.backend_name = f"replay of {engine.backend_name}"
+        self.precision = engine.precision
         self.untrained = engine.untrained
         self.demo = engine.demo
         self._detections = engine.predict(decode_image(body))

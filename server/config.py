@@ -13,12 +13,15 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | default_accept    | SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT                      | application/json |
 | retry_after_s     | MASKRCNN_RETRY_AFTER_S (Retry-After of a 503)             | 2                |
 | backend           | MASKRCNN_BACKEND (--backend wins)                         | auto             |
-| precision         | MASKRCNN_PRECISION (--precision wins): fp32, bf16         | backend's (fp32) |
+| precision         | MASKRCNN_PRECISION (--precision wins): fp32, bf16         | backend's (1)    |
 | threads           | MASKRCNN_THREADS (inference threads, shared by workers)   | usable cores     |
 | cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
 | request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
 | memory_budget_mb  | MASKRCNN_MEMORY_BUDGET_MB (admission, server.inference)   | 1800             |
+
+(1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (only
+its dense graph runs BF16), else fp32.
 
 The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
 server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
@@ -77,7 +80,7 @@ class ServerConfig:
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
     jpeg_quality: int = 90
     backend: str = "auto"
-    precision: str | None = None  # None: the backend's default (fp32); "bf16" needs openvino
+    precision: str | None = None  # None: the backend's default here (engine.backends.default_precision)
     threads: int | None = None  # None: every core this process may use
     cuda_tf32: bool = False
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S

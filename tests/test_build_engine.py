@@ -171,6 +171,10 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
     for backend in ("onnxruntime-cpu", "openvino"):  # both CPU backends run the INT8 graphs as INT8
         engine = Engine.load(out, backend=backend)
         assert "int8" in engine.precision, (backend, engine.precision)
+        if backend == "openvino":  # QUANTIZED_PLANS: INT8 with FP32 between, even on a BF16 CPU
+            assert engine.backend.plan == {"dense": ("openvino", "fp32"), "box_head": ("onnxruntime", "fp32"),
+                                           "mask_head": ("openvino", "fp32")}
+            assert engine.backend.precisions["mask_head"] == "fp32+int8"
         det = engine.predict(photo("motorcycle"), score_threshold=0.05)
         assert len(det) > 0 and det.masks.shape[1:] == photo("motorcycle").shape[:2]
 

@@ -13,7 +13,10 @@ device buffers back to their pool there).
     onnxruntime-cpu   ONNX Runtime on the CPU, every graph
 
 `auto` takes the first of these that can run here with the given model directory (with
-precision bf16, the first that runs BF16: openvino).
+precision bf16, the first that runs BF16: openvino). Without a precision each backend runs
+its default here (`default_precision`): BF16 for openvino where the CPU has BF16
+instructions (only the dense graph in BF16, which meets issue 15's accuracy criteria: see
+openvino_cpu.PLANS), FP32 everywhere else.
 Importing this package never needs a GPU package.
 """
 
@@ -118,6 +121,16 @@ def backend_precisions(name: str) -> list[str]:
     return ["fp32"]
 
 
+def default_precision(name: str, model_dir=None) -> str:
+    """What `name` runs when no precision is asked for: "bf16" for openvino on a CPU with BF16
+    instructions (its fastest configuration that meets the accuracy criteria; measured in
+    benchmarks/backend_accuracy.py), else "fp32". An INT8 model directory (a ModelDir)
+    gets "fp32": its float layers between the INT8 ones ran slower under BF16."""
+    if model_dir is not None and model_dir.config.quantization is not None:
+        return "fp32"
+    return "bf16" if "bf16" in backend_precisions(name) else "fp32"
+
+
 def choose_backend(status: dict[str, str | None]) -> str:
     """The first backend of BACKENDS that `status` (from available_backends) says can run."""
     for name in BACKENDS:
@@ -132,8 +145,8 @@ def create_backend(name: str, model_dir, threads: int | None = None, cuda_tf32: 
 
     threads: CPU threads (None: every usable core); cuda_tf32: TF32 convolutions on
     onnxruntime-cuda (off by default: TF32 moves boxes past the parity tolerances);
-    precision: None (the backend's default, FP32) or one of PRECISIONS; "bf16" needs
-    openvino on a CPU with BF16 instructions (auto then picks openvino)."""
+    precision: None (the backend's default here: `default_precision`) or one of PRECISIONS;
+    "bf16" needs openvino on a CPU with BF16 instructions (auto then picks openvino)."""
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     status = available_backends(model_dir)
@@ -164,7 +177,7 @@ def create_backend(name: str, model_dir, threads: int | None = None, cuda_tf32: 
     if name == "openvino":
         from .openvino_cpu import OpenVinoCpuBackend
 
-        return OpenVinoCpuBackend(model_dir, threads=threads, precision=precision or "fp32")
+        return OpenVinoCpuBackend(model_dir, threads=threads, precision=precision or default_precision(name, model_dir))
     from .onnxruntime_cpu import OnnxRuntimeCpuBackend
 
     return OnnxRuntimeCpuBackend(model_dir, threads=threads)
