@@ -8,12 +8,11 @@ agreement for the seeded random-weight R50 on scikit-image photos.
 
 Each config is BACKEND:PRECISION, optionally followed by :GRAPH=RUNTIME/PRECISION,... to
 override the openvino backend's plan for that precision (engine.backends.openvino_cpu.PLANS),
-e.g. openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16 runs every graph
-in BF16. A config this machine
-cannot run (bf16 without BF16 instructions) is recorded with the reason. Agreement: of the
-reference's detections scoring >= 0.5, the fraction the config also returns with the same
-class and box IoU >= 0.9 (issue 15's BF16 criteria: >= 97%, box AP and mask AP each within
-0.01). Writes benchmarks/results/backend_accuracy.json.
+e.g. openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16 runs every graph in
+BF16. A config this machine cannot run (bf16 without BF16 instructions) is recorded with the
+reason. Agreement: of the reference's detections scoring >= 0.5, the fraction the config also
+returns with the same class and box IoU >= 0.9 (issue 15's BF16 criteria: >= 97%, box AP and
+mask AP each within 0.01). Writes benchmarks/results/backend_accuracy.json.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_torchvision import CALIBRATION_PHOTOS  # noqa: E402
+from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, graph_runtimes  # noqa: E402
 from benchmarks.int8_accuracy import R50_MEASURED_PHOTOS, agreement  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
@@ -50,13 +49,6 @@ def load_config(model_dir, config: str):
     return Engine(directory, OpenVinoCpuBackend(directory, precision=precision, plan=plan))
 
 
-def graphs_of(engine) -> dict:
-    backend = engine.backend
-    return {g: f"{getattr(backend, 'runtime_of', lambda _: 'onnxruntime')(g)} "
-               f"{getattr(backend, 'precisions', {}).get(g, engine.precision)}"
-            for g in ("dense", "box_head", "mask_head")}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / "demo" / "model")
@@ -75,7 +67,7 @@ def main(argv=None) -> int:
 
     def figures(engine) -> dict:
         coco = evaluate(engine_predictor(engine), scenes)
-        return {"backend": engine.backend_name, "precision": engine.precision, "graphs": graphs_of(engine),
+        return {"backend": engine.backend_name, "precision": engine.precision, "graphs": graph_runtimes(engine.backend),
                 "bbox_AP": round(coco["bbox"]["AP"], 4), "segm_AP": round(coco["segm"]["AP"], 4),
                 "median_ms": round(coco["median_ms"], 1)}
 
@@ -115,7 +107,7 @@ def main(argv=None) -> int:
             if isinstance(engine, dict):
                 continue
             matched, total = agreement(r50_reference, engine, r50_images)
-            r50_rows[config] = {"graphs": graphs_of(engine), "reference_detections": total, "matched": matched,
+            r50_rows[config] = {"graphs": graph_runtimes(engine.backend), "reference_detections": total, "matched": matched,
                                 "agreement_with_reference": round(matched / max(total, 1), 4)}
             print(f"R50 {config}: {r50_rows[config]}", file=sys.stderr)
         report["random_r50"] = {"arch": "maskrcnn_resnet50_fpn", "weights": "seeded random (seed 0)",

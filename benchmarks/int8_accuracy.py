@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.named_models import ARCHS  # noqa: E402
 
-from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, box_iou  # noqa: E402
+from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, box_iou, graph_runtimes  # noqa: E402
 from benchmarks.inputs import skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
@@ -143,9 +143,7 @@ def main(argv=None) -> int:
         "scenes": args.scenes,
         "calibration_scenes": args.calib,
         "agreement_with_fp32": agreements,
-        "graphs": {name: {g: f"{getattr(e.backend, 'runtime_of', lambda _: 'onnxruntime')(g)} "
-                             f"{getattr(e.backend, 'precisions', {}).get(g, e.precision)}"
-                          for g in ("dense", "box_head", "mask_head")} for name, e in engines.items()},
+        "graphs": {name: graph_runtimes(e.backend) for name, e in engines.items()},
         "coco": {k: {"bbox_AP": v["bbox"]["AP"], "segm_AP": v["segm"]["AP"], "segm_AP50": v["segm"]["AP50"]} for k, v in figures.items()},
         "ms_per_scene_including_eval": {k: round(v, 1) for k, v in latency.items()},
     }

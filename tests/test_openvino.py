@@ -101,21 +101,14 @@ def test_default_bf16_meets_the_accuracy_criteria_on_the_demo_model(demo_model_d
         pytest.skip("this CPU has no BF16 instructions (test_bf16_where_the_cpu_has_it_else_a_clear_error "
                     "checks the error)")
     pytest.importorskip("pycocotools")
+    from benchmarks.int8_accuracy import agreement
     from demo.evaluate import engine_predictor, evaluate, held_out_scenes
-    from helpers import box_iou_matrix
 
     scenes = held_out_scenes(60, start=3_000_000)
     fp32 = Engine.load(demo_model_dir, backend="onnxruntime-cpu")
     bf16 = Engine.load(demo_model_dir)  # auto: openvino at its default precision here
     assert "bf16" in bf16.precision
-    matched = total = 0
-    for scene in scenes:
-        a, b = (e.predict(scene.image, score_threshold=0.5) for e in (fp32, bf16))
-        total += len(a)
-        if len(a) and len(b):
-            ious = box_iou_matrix(a.boxes, b.boxes)
-            ious[a.class_ids[:, None] != b.class_ids[None, :]] = 0
-            matched += int((ious.max(axis=1) >= 0.9).sum())
+    matched, total = agreement(fp32, bf16, [scene.image for scene in scenes])
     assert total > 100 and matched >= 0.97 * total, (matched, total)
     reference, measured = (evaluate(engine_predictor(e), scenes) for e in (fp32, bf16))
     for kind in ("bbox", "segm"):

@@ -26,8 +26,8 @@ PRECISIONS = ("fp32", "bf16")  # what `precision` may ask for
 _OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
 RUNTIMES = ("openvino", "onnxruntime")  # what each graph may run on (ONNX Runtime: FP32 only)
 # Which runtime runs each graph, and at what precision, for each precision asked for: the
-# fastest that meets issue 15's accuracy criteria, by measurement (README, "CPU runtimes and
-# precisions"; benchmarks/graph_runtimes.py and benchmarks/backend_accuracy.py):
+# fastest that meets issue 15's accuracy criteria, by measurement (README, "CPU: OpenVINO and
+# ONNX Runtime"; benchmarks/graph_runtimes.py and benchmarks/backend_accuracy.py):
 # - fp32 (2-core AMD EPYC AVX2, and 2-core Xeon with AMX): the dense graph is faster on
 #   OpenVINO, the box head on ONNX Runtime (its RoiAlign: 157 against 219 ms for 1000
 #   proposals), the mask head the same within noise on both.
@@ -93,9 +93,9 @@ class OpenVinoCpuBackend(Backend):
     def __init__(self, model_dir, threads: int | None = None, precision: str = "fp32",
                  plan: dict[str, tuple[str, str]] | None = None):
         """precision: "fp32" or "bf16" (BackendUnavailableError where this CPU lacks BF16);
-        it selects PLANS[precision] (QUANTIZED_PLANS for an INT8 model directory). plan: {graph: (runtime, precision)} over that, for
-        measuring other configurations (runtime one of RUNTIMES; ONNX Runtime runs FP32 only;
-        the dense graph on OpenVINO)."""
+        it selects PLANS[precision] (QUANTIZED_PLANS for an INT8 model directory). plan:
+        {graph: (runtime, precision)} over that, for measuring other configurations (runtime
+        one of RUNTIMES; ONNX Runtime runs FP32 only; the dense graph on OpenVINO)."""
         import openvino as ov
 
         if precision not in PRECISIONS:
