@@ -25,9 +25,17 @@ ARG BASE_IMAGE=python:3.11-slim
 # Stage 1: the venv, built with pip. The sources and pip's work stay in this stage.
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the native RoIAlign (engine/native/roi_align.c, a plain C library: no
+# Python headers needed), in this stage only: the serving image gets the built library, not
+# the compiler. Debian-based images (the default and docker/base-image.sh's) take it from apt.
+RUN if ! command -v gcc >/dev/null 2>&1; then \
+        apt-get update -q \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN python3 -m venv /opt/venv
 WORKDIR /tmp/src
-COPY pyproject.toml README.md build_engine.py ./
+COPY pyproject.toml setup.py README.md build_engine.py ./
 COPY engine/ engine/
 COPY server/ server/
 COPY exporter/ exporter/
@@ -58,6 +66,7 @@ RUN cd / \
     && python3 -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch in the serving image'" \
     && python3 -c "from server.__main__ import bundled_model_dir as b; assert b(), 'demo/model not installed'" \
     && python3 -c "import engine, server.app, onnxruntime, openvino, cv2, falcon, waitress" \
+    && python3 -c "from engine import roi_align; assert roi_align.available(), 'native RoIAlign not built'" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serve
 
 USER 10001

@@ -8,9 +8,10 @@ agreement for the seeded random-weight R50 on scikit-image photos.
 
 Each config is BACKEND:PRECISION, optionally followed by :GRAPH=RUNTIME/PRECISION,... to
 override the openvino backend's plan for that precision (engine.backends.openvino_cpu.PLANS),
-e.g. openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16 runs every graph in
-BF16. A config this machine cannot run (bf16 without BF16 instructions) is recorded with the
-reason. Agreement: of the reference's detections scoring >= 0.5, the fraction the config also
+and pooling=graph among them for the heads' own RoiAlign instead of the native one (then
+GRAPH_POOLING_PLANS): e.g. openvino:bf16:pooling=graph,mask_head=openvino/bf16 runs the
+mask head's RoiAlign in BF16 too. A config this machine cannot run (bf16 without BF16
+instructions) is recorded with the reason. Agreement: of the reference's detections scoring >= 0.5, the fraction the config also
 returns with the same class and box IoU >= 0.9 (issue 15's BF16 criteria: >= 97%, box AP and
 mask AP each within 0.01). Writes benchmarks/results/backend_accuracy.json.
 """
@@ -28,9 +29,11 @@ from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, graph_runtimes  #
 from benchmarks.int8_accuracy import R50_MEASURED_PHOTOS, agreement  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
 
-# the plans (openvino_cpu.PLANS), then BF16 in the heads too: the mask head, then every graph
-DEFAULT_CONFIGS = ["openvino:fp32", "openvino:bf16", "openvino:bf16:mask_head=openvino/bf16",
-                   "openvino:bf16:box_head=openvino/bf16,mask_head=openvino/bf16"]
+# the plans (openvino_cpu.PLANS: every graph BF16, pooled natively in FP32), BF16 in the dense
+# graph only, then without the native RoIAlign: the plan for that case, and the mask head's
+# RoiAlign in BF16 on OpenVINO
+DEFAULT_CONFIGS = ["openvino:fp32", "openvino:bf16", "openvino:bf16:box_head=openvino/fp32,mask_head=openvino/fp32",
+                   "openvino:bf16:pooling=graph", "openvino:bf16:pooling=graph,mask_head=openvino/bf16"]
 
 
 def load_config(model_dir, config: str):
@@ -44,9 +47,11 @@ def load_config(model_dir, config: str):
         return Engine.load(model_dir, backend=backend, precision=precision)
     if backend != "openvino":
         raise ValueError(f"{config}: plan overrides are for the openvino backend")
-    plan = {graph: tuple(value.split("/")) for graph, value in (item.split("=") for item in overrides[0].split(","))}
+    items = dict(item.split("=") for item in overrides[0].split(","))
+    pooling = items.pop("pooling", None)
+    plan = {graph: tuple(value.split("/")) for graph, value in items.items()}
     directory = ModelDir.open(Path(model_dir))
-    return Engine(directory, OpenVinoCpuBackend(directory, precision=precision, plan=plan))
+    return Engine(directory, OpenVinoCpuBackend(directory, precision=precision, plan=plan, pooling=pooling))
 
 
 def main(argv=None) -> int:

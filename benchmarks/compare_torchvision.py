@@ -4,8 +4,10 @@ torchvision's whole exported graph: same weights, same photo, interleaved in one
 each giving the same top-10 detections.
 
 Engine rows: ONNX Runtime FP32, OpenVINO at each precision this CPU runs (FP32, BF16 where
-it has BF16 instructions), and both on the INT8 model directory; the stage breakdown and
-`engine_graph_runtimes` say which runtime and precision ran each graph.
+it has BF16 instructions), again without the native RoIAlign (the heads' own RoiAlign, as
+where the package was built without a C compiler), and both CPU backends on the INT8 model
+directory; the stage breakdown and `engine_graph_runtimes` say which runtime and precision
+ran each graph.
 
     python benchmarks/compare_torchvision.py [--arch maskrcnn_resnet50_fpn] [--runs 7] [--threads 2] [--no-int8]
 
@@ -58,10 +60,23 @@ def agreement(ref_boxes, ref_labels, boxes, labels) -> float:
 
 
 def graph_runtimes(backend) -> dict:
-    """Each graph's runtime and precision, e.g. {"dense": "openvino bf16", "box_head": "onnxruntime fp32"}."""
+    """Each graph's runtime and precision, e.g. {"dense": "openvino bf16", "box_head": "onnxruntime
+    fp32"}; a head fed by the native RoIAlign says so: "openvino bf16, native RoIAlign"."""
     if hasattr(backend, "runtime_of"):
-        return {g: f"{backend.runtime_of(g)} {p}" for g, p in backend.precisions.items()}
+        native = getattr(backend, "pooling", "graph") == "native"
+        return {g: f"{backend.runtime_of(g)} {p}" + (", native RoIAlign" if native and g != "dense" else "")
+                for g, p in backend.precisions.items()}
     return {g: f"onnxruntime {backend.precision}" for g in ("dense", "box_head", "mask_head")}
+
+
+def graph_pooling_engine(model_dir, precision: str, threads: int):
+    """The openvino backend without the native RoIAlign (openvino_cpu.GRAPH_POOLING_PLANS)."""
+    from engine import Engine
+    from engine.backends.openvino_cpu import OpenVinoCpuBackend
+    from engine.model_dir import ModelDir
+
+    directory = ModelDir.open(Path(model_dir))
+    return Engine(directory, OpenVinoCpuBackend(directory, threads=threads, precision=precision, pooling="graph"))
 
 
 def main(argv=None) -> int:
@@ -103,6 +118,9 @@ def main(argv=None) -> int:
         for precision in cpu_precisions():
             engines[f"this engine, openvino {precision.upper()}"] = Engine.load(
                 work / "engine", backend="openvino", precision=precision, threads=args.threads)
+        for precision in cpu_precisions():  # as it runs where the native RoIAlign was not built
+            engines[f"this engine, openvino {precision.upper()}, heads' own RoiAlign"] = graph_pooling_engine(
+                work / "engine", precision, args.threads)
     if not args.no_int8:
         from exporter.quantize import export_int8
 

@@ -5,12 +5,14 @@ which graph) and issue 15 item 5 (box head on 1000 proposals).
 
     python benchmarks/graph_runtimes.py [--runs 5] [--threads 2] [--no-int8]
 
-Configurations: ONNX Runtime FP32; every graph on OpenVINO at each precision this CPU runs;
-the INT8 model directory on ONNX Runtime and on OpenVINO. Each runs `Engine.predict` on the
+Configurations: ONNX Runtime FP32; OpenVINO at each precision this CPU runs, as the backend
+runs it (the heads fed by the native RoIAlign) and with every graph's own RoiAlign; the INT8
+model directory on ONNX Runtime and both ways on OpenVINO. Each runs `Engine.predict` on the
 benchmark photo (640x480 coffee; network input 800x1066, padded 800x1088) with score
 threshold 0.05 and 100 detections: the box head sees the RPN's 1000 proposals, the mask head
 100 detections. Reported: median milliseconds per stage, then a per-operator profile of the
-box head on the same inputs (ONNX Runtime's profiler, OpenVINO's PERF_COUNT). Seeded random
+box head on the same inputs (ONNX Runtime's profiler, OpenVINO's PERF_COUNT), whole and as
+the native RoIAlign plus the head cut after its RoiAlign. Seeded random
 weights (no COCO download here). Writes benchmarks/results/graph_runtimes.json.
 """
 
@@ -41,19 +43,25 @@ def engines(fp32_dir: Path, int8_dir: Path | None, threads: int):
     from engine import Engine
     from engine.backends.openvino_cpu import OpenVinoCpuBackend, cpu_precisions
 
-    def all_openvino(directory, precision):
+    def all_openvino(directory, precision):  # the heads' own RoiAlign, on OpenVINO too
         engine = Engine.load(directory, backend="onnxruntime-cpu", threads=threads)
         plan = {graph: ("openvino", precision) for graph in STAGES}
-        engine.backend = OpenVinoCpuBackend(engine.model_dir, threads=threads, precision=precision, plan=plan)
+        engine.backend = OpenVinoCpuBackend(engine.model_dir, threads=threads, precision=precision, plan=plan,
+                                            pooling="graph")
         return engine
 
     yield "onnxruntime FP32", Engine.load(fp32_dir, backend="onnxruntime-cpu", threads=threads)
     for precision in cpu_precisions():
-        yield f"openvino {precision.upper()} (every graph)", all_openvino(fp32_dir, precision)
+        yield f"openvino {precision.upper()}, native RoIAlign", Engine.load(
+            fp32_dir, backend="openvino", precision=precision, threads=threads)
+        yield f"openvino {precision.upper()}, every graph with its own RoiAlign", all_openvino(fp32_dir, precision)
     if int8_dir is not None:
         yield "onnxruntime INT8", Engine.load(int8_dir, backend="onnxruntime-cpu", threads=threads)
         for precision in cpu_precisions():
-            yield f"openvino INT8, rest {precision.upper()} (every graph)", all_openvino(int8_dir, precision)
+            yield f"openvino INT8, rest {precision.upper()}, native RoIAlign", Engine.load(
+                int8_dir, backend="openvino", precision=precision, threads=threads)
+            yield f"openvino INT8, rest {precision.upper()}, every graph with its own RoiAlign", all_openvino(
+                int8_dir, precision)
 
 
 def stage_medians(engine, image, runs: int) -> dict:
@@ -102,11 +110,13 @@ def profile_onnxruntime(path: Path, feed: dict, threads: int, runs: int) -> dict
             "ms_by_op": {op: round(ms, 1) for op, ms in by_op.most_common(6)}}
 
 
-def profile_openvino(path: Path, feed: dict, threads: int, runs: int, precision: str) -> dict:
+def profile_openvino(graph, feed: dict, threads: int, runs: int, precision: str) -> dict:
+    """graph: an ONNX path or an openvino.Model."""
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+    model = core.read_model(str(graph)) if isinstance(graph, (str, Path)) else graph
+    compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERF_COUNT": True})
     request = compiled.create_infer_request()
@@ -120,6 +130,38 @@ def profile_openvino(path: Path, feed: dict, threads: int, runs: int, precision:
             by_op[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1000.0 / runs
     return {"median_ms": round(float(np.median(seconds)) * 1000.0, 1),
             "ms_by_op": {op: round(ms, 1) for op, ms in by_op.most_common(6)}}
+
+
+def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precision: str) -> dict:
+    """The box head as the openvino backend runs it with the native RoIAlign: the pooling
+    (engine.roi_align, from the NHWC maps), then the graph cut after its RoiAlign on OpenVINO."""
+    import openvino as ov
+
+    from engine import roi_align
+    from engine.backends.openvino_cpu import pooled_head
+    from engine.model_dir import ModelDir
+
+    config = ModelDir.open(model_dir).config.box_head
+    features = [np.ascontiguousarray(feed[f"feature_{i}"].transpose(0, 2, 3, 1)) for i in config.feature_indices]
+    rois = [feed[f"rois_{j}"] for j in range(len(config.feature_indices))]
+    channels = features[0].shape[-1]
+    aligner = roi_align.RoIAligner(threads)
+    pooled = np.empty((sum(len(r) for r in rois), channels, *config.output_size), np.float32)
+
+    def pool():
+        aligner.pool_levels(features, rois, config.scales, config.output_size, config.sampling_ratio, out=pooled)
+
+    pool()
+    pool_seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        pool()
+        pool_seconds.append(time.perf_counter() - start)
+    core = ov.Core()
+    graph = pooled_head(core.read_model(str(model_dir / "box_head.onnx")), (None, channels, *config.output_size))
+    head = profile_openvino(graph, {"pooled": pooled}, threads, runs, precision)
+    pool_ms = round(float(np.median(pool_seconds)) * 1000.0, 1)
+    return {"native_roi_align_ms": pool_ms, "cut_head": head, "median_ms": round(pool_ms + head["median_ms"], 1)}
 
 
 def main(argv=None) -> int:
@@ -162,6 +204,13 @@ def main(argv=None) -> int:
         for precision in cpu_precisions():
             profiles[f"openvino INT8, rest {precision.upper()}"] = profile_openvino(
                 int8_dir / "box_head.onnx", feed, args.threads, args.runs, precision)
+    for precision in cpu_precisions():
+        profiles[f"openvino {precision.upper()}, native RoIAlign"] = profile_native(
+            work / "fp32", feed, args.threads, args.runs, precision)
+    if int8_dir is not None:
+        for precision in cpu_precisions():
+            profiles[f"openvino INT8, rest {precision.upper()}, native RoIAlign"] = profile_native(
+                int8_dir, feed, args.threads, args.runs, precision)
     for name, profile in profiles.items():
         print(f"box head, {name}: {profile}", file=sys.stderr)
     write_results({

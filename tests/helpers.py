@@ -174,3 +174,24 @@ def save_published_layout(model, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(published_state_dict(model), path)
     return path
+
+
+def box_head_both_layouts(model_dir, monkeypatch, precision: str = "fp32"):
+    """The box head's outputs on one photo's proposals with the pooled features channels-last
+    (fc6's weight columns permuted: channels_last_head) and as the graph's RoiAlign gives them."""
+    import engine.backends.openvino_cpu as openvino_cpu
+    from engine import Engine
+
+    permuted = Engine.load(model_dir, backend="openvino", precision=precision)
+    with monkeypatch.context() as patch:
+        patch.setattr(openvino_cpu, "channels_last_head", lambda model: None)
+        plain = Engine.load(model_dir, backend="openvino", precision=precision)
+    assert permuted.backend.channels_last == {"box_head": True, "mask_head": False}
+    assert plain.backend.channels_last == {"box_head": False, "mask_head": False}
+    prepared = permuted.transform(photo("coffee"))
+    dense = permuted.backend.run_dense(prepared.tensor)
+    proposals = permuted.rpn(dense, prepared)
+    assert len(proposals) > 100
+    outputs = permuted.box_head(dense, proposals), plain.box_head(dense, proposals)
+    permuted.backend.release(dense)
+    return outputs

@@ -1,10 +1,12 @@
 """engine/backends/openvino_cpu.py: OpenVINO on the CPU, alone or with its heads on ONNX Runtime.
 
-The FP32 configuration (dense graph on OpenVINO, heads on ONNX Runtime) runs the whole
-parity suite in test_parity.py; here: the all-OpenVINO configuration against torchvision,
-precision read back from the compiled graphs, the default precision (BF16 in the dense
-graph where the CPU has it, and its accuracy on the demo model; a clear error for bf16
-where it does not), concurrent calls, and the surfaces that report backend and precision.
+The default FP32 configuration (every graph on OpenVINO, the heads cut after their RoiAlign
+and fed by the native RoIAlign) runs the whole parity suite in test_parity.py; here: the
+configurations without the native RoIAlign (pooling="graph": the heads' own RoiAlign, on
+OpenVINO or on ONNX Runtime) against torchvision, precision read back from the compiled
+graphs, the default precision (BF16 where the CPU has it, and its accuracy on the demo
+model; a clear error for bf16 where it does not), concurrent calls, and the surfaces that
+report backend and precision.
 """
 
 from __future__ import annotations
@@ -20,55 +22,90 @@ import pytest
 
 from engine import Engine
 from engine.backends import backend_precisions, default_precision
-from engine.errors import BackendUnavailableError
-from helpers import photo, torchvision_predict
+from engine.errors import BackendUnavailableError, ModelDirError
+from helpers import box_head_both_layouts, photo, torchvision_predict
 from test_parity import assert_parity
 
 openvino = pytest.importorskip("openvino")
-from engine.backends.openvino_cpu import OpenVinoCpuBackend, cpu_precisions  # noqa: E402
+from engine import roi_align  # noqa: E402
+from engine.backends.openvino_cpu import OpenVinoCpuBackend, channels_last_head, cpu_precisions, pooled_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 def all_openvino(precision: str) -> dict:
     return {graph: ("openvino", precision) for graph in ("dense", "box_head", "mask_head")}
 
 
-def all_openvino_engine(model_dir, precision: str = "fp32") -> Engine:
+def all_openvino_engine(model_dir, precision: str = "fp32", pooling: str | None = None) -> Engine:
     engine = Engine.load(model_dir, backend="onnxruntime-cpu")
-    engine.backend = OpenVinoCpuBackend(engine.model_dir, precision=precision, plan=all_openvino(precision))
+    engine.backend = OpenVinoCpuBackend(engine.model_dir, precision=precision, plan=all_openvino(precision),
+                                        pooling=pooling)
     return engine
 
 
-def test_fp32_runs_the_dense_graph_on_openvino_and_the_heads_on_onnxruntime(small_model_dir):
+def graph_pooling_engine(model_dir, precision: str = "fp32") -> Engine:
+    """The backend as it runs without the native RoIAlign: GRAPH_POOLING_PLANS."""
+    engine = Engine.load(model_dir, backend="onnxruntime-cpu")
+    engine.backend = OpenVinoCpuBackend(engine.model_dir, precision=precision, pooling="graph")
+    return engine
+
+
+def runtimes(engine) -> dict:
+    return {g: engine.backend.runtime_of(g) for g in ("dense", "box_head", "mask_head")}
+
+
+def test_every_graph_runs_on_openvino_with_the_native_roi_align(small_model_dir):
     engine = Engine.load(small_model_dir, backend="openvino", precision="fp32")
     assert engine.backend_name == "openvino" and engine.precision == "fp32"
-    assert {g: engine.backend.runtime_of(g) for g in ("dense", "box_head", "mask_head")} == {
-        "dense": "openvino", "box_head": "onnxruntime", "mask_head": "onnxruntime"}
-    # read back from the compiled graph: its convolutions run in FP32
-    assert engine.backend.precisions["dense"] == "fp32"
+    assert engine.backend.pooling == ("native" if roi_align.available() else "graph")
+    if engine.backend.pooling == "native":
+        assert set(runtimes(engine).values()) == {"openvino"}
+    # read back from the compiled graphs: their convolutions and matrix products run in FP32
+    assert set(engine.backend.precisions.values()) == {"fp32"}
 
 
-def test_default_precision_is_bf16_in_the_dense_graph_where_the_cpu_has_it(small_model_dir):
-    expected = "bf16" if "bf16" in cpu_precisions() else "fp32"
-    assert default_precision("openvino") == expected and default_precision("onnxruntime-cpu") == "fp32"
+def test_without_the_native_roi_align_the_heads_run_on_onnxruntime(small_model_dir):
+    engine = graph_pooling_engine(small_model_dir)
+    assert runtimes(engine) == {"dense": "openvino", "box_head": "onnxruntime", "mask_head": "onnxruntime"}
+    assert engine.precision == "fp32"
+
+
+def test_default_precision_is_bf16_where_the_cpu_has_it(small_model_dir):
+    bf16 = "bf16" in cpu_precisions()
+    assert default_precision("openvino") == ("bf16" if bf16 else "fp32") and default_precision("onnxruntime-cpu") == "fp32"
     for backend in ("openvino", "auto"):
         engine = Engine.load(small_model_dir, backend=backend)
         assert engine.backend_name == "openvino"
-        # read back from the compiled dense graph; the heads stay FP32 on ONNX Runtime (PLANS)
-        assert engine.backend.precisions == {"dense": expected, "box_head": "fp32", "mask_head": "fp32"}
-        assert engine.precision == ("bf16+fp32" if expected == "bf16" else "fp32")
+        # read back from the compiled graphs (PLANS): every graph BF16 under the native
+        # RoIAlign; without it only the dense graph, the heads FP32 on ONNX Runtime
+        if not bf16:
+            assert set(engine.backend.precisions.values()) == {"fp32"}
+        elif engine.backend.pooling == "native":
+            assert set(engine.backend.precisions.values()) == {"bf16"} and engine.precision == "bf16"
+    if bf16:
+        engine = graph_pooling_engine(small_model_dir, "bf16")
+        assert engine.backend.precisions == {"dense": "bf16", "box_head": "fp32", "mask_head": "fp32"}
+        assert engine.precision == "bf16+fp32"
 
 
 @pytest.mark.parametrize("name,threshold", [("astronaut", 0.5), ("coffee", 0.05), ("chelsea", 0.3)])
-def test_all_openvino_fp32_matches_torchvision_on_the_small_model(name, threshold, small_model, small_model_dir):
-    engine = all_openvino_engine(small_model_dir)
+def test_graph_pooling_on_openvino_matches_torchvision_on_the_small_model(name, threshold, small_model, small_model_dir):
+    """Every graph on OpenVINO with the heads' own RoiAlign (no native RoIAlign)."""
+    engine = all_openvino_engine(small_model_dir, pooling="graph")
     assert set(engine.backend.precisions.values()) == {"fp32"}
     image = photo(name)
     assert_parity(torchvision_predict(small_model, image, threshold), engine.predict(image, score_threshold=threshold), image.shape)
 
 
-def test_all_openvino_fp32_matches_torchvision_on_r50(r50_models, r50_model_dirs):
+def test_graph_pooling_plan_matches_torchvision_on_the_small_model(small_model, small_model_dir):
+    """What the backend runs where the native RoIAlign was not built: heads on ONNX Runtime."""
+    engine = graph_pooling_engine(small_model_dir)
+    image = photo("coffee")
+    assert_parity(torchvision_predict(small_model, image, 0.05), engine.predict(image, score_threshold=0.05), image.shape)
+
+
+def test_graph_pooling_on_openvino_matches_torchvision_on_r50(r50_models, r50_model_dirs):
     arch = "maskrcnn_resnet50_fpn"
-    engine = all_openvino_engine(r50_model_dirs(arch))
+    engine = all_openvino_engine(r50_model_dirs(arch), pooling="graph")
     image = photo("astronaut")
     ref = torchvision_predict(r50_models(arch), image, 0.5)
     det = engine.predict(image, score_threshold=0.5)
@@ -130,7 +167,27 @@ def test_a_plan_names_known_graphs_runtimes_and_precisions(small_model_dir):
                         ({"mask_head": ("tensorrt", "fp32")}, "runtimes openvino, onnxruntime"),
                         ({"dense": ("onnxruntime", "fp32")}, "backend onnxruntime-cpu")]:
         with pytest.raises(ValueError, match=words):
-            OpenVinoCpuBackend(directory, plan=plan)
+            OpenVinoCpuBackend(directory, plan=plan, pooling="graph")
+    if roi_align.available():
+        with pytest.raises(ValueError, match="under pooling native every graph runs on openvino"):
+            OpenVinoCpuBackend(directory, plan={"box_head": ("onnxruntime", "fp32")}, pooling="native")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        OpenVinoCpuBackend(directory, pooling="torch")
+
+
+def test_a_head_graph_is_cut_at_its_pooled_features(small_model_dir):
+    """pooled_head drops the RoiAlign nodes and their inputs: the cut box head takes only
+    "pooled"; the mask head keeps class_ids; a graph without RoiAlign is refused by name."""
+    core = openvino.Core()
+    box_graph = core.read_model(str(small_model_dir / "box_head.onnx"))
+    channels = box_graph.input("feature_0").get_partial_shape()[1].get_length()
+    box = pooled_head(box_graph, (None, channels, 7, 7))
+    assert [p.get_friendly_name() for p in box.get_parameters()] == ["pooled"]
+    assert not [op for op in box.get_ordered_ops() if op.get_type_name() == "ROIAlign"]
+    mask = pooled_head(core.read_model(str(small_model_dir / "mask_head.onnx")), (None, channels, 14, 14))
+    assert sorted(p.get_friendly_name() for p in mask.get_parameters()) == ["class_ids", "pooled"]
+    with pytest.raises(ModelDirError, match="no ROIAlign node"):
+        pooled_head(core.read_model(str(small_model_dir / "dense.onnx")), (None, channels, 7, 7))
 
 
 def test_concurrent_predicts_each_get_their_own_infer_request(small_model_dir):
@@ -171,3 +228,19 @@ def test_cli_lists_openvino_with_its_precisions_and_predicts_with_it(demo_model_
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)) >= {"labels", "boxes", "scores"}
+
+
+
+@pytest.mark.skipif(not roi_align.available(), reason="the native RoIAlign is not built")
+def test_the_box_head_takes_channels_last_features_with_its_weights_permuted(small_model_dir, monkeypatch):
+    (probs, deltas), (plain_probs, plain_deltas) = box_head_both_layouts(small_model_dir, monkeypatch)
+    np.testing.assert_allclose(probs, plain_probs, atol=1e-5)
+    np.testing.assert_allclose(deltas, plain_deltas, atol=1e-4)
+
+
+def test_channels_last_head_leaves_graphs_it_cannot_permute_alone(small_model_dir):
+    """The mask head's pooled features go into convolutions: no flatten, no permutation."""
+    core = openvino.Core()
+    mask = core.read_model(str(small_model_dir / "mask_head.onnx"))
+    channels = mask.input("feature_0").get_partial_shape()[1].get_length()
+    assert channels_last_head(pooled_head(mask, (None, channels, 14, 14))) is None

@@ -8,14 +8,16 @@ device buffers back to their pool there).
 
     tensorrt          TensorRT plans built on this GPU (build_engine.py --tensorrt)
     onnxruntime-cuda  ONNX Runtime's CUDAExecutionProvider on the ONNX graphs
-    openvino          OpenVINO on the CPU, FP32 or BF16 (`precision`), for the dense graph;
-                      the heads on ONNX Runtime, where they run faster (openvino_cpu)
+    openvino          OpenVINO on the CPU, FP32 or BF16 (`precision`), every graph, the
+                      heads fed by the native RoIAlign (engine.roi_align); where that was
+                      not built, the heads on ONNX Runtime, which runs their RoiAlign faster
+                      (openvino_cpu)
     onnxruntime-cpu   ONNX Runtime on the CPU, every graph
 
 `auto` takes the first of these that can run here with the given model directory (with
 precision bf16, the first that runs BF16: openvino). Without a precision each backend runs
 its default here (`default_precision`): BF16 for openvino where the CPU has BF16
-instructions (only the dense graph in BF16, which meets issue 15's accuracy criteria: see
+instructions (what runs in BF16 meets issue 15's accuracy criteria: see
 openvino_cpu.PLANS), FP32 everywhere else.
 Importing this package never needs a GPU package.
 """

@@ -1,0 +1,111 @@
+"""RoIAlign in native code, for the CPU backends: torchvision's roi_align (multi-level, as
+MultiScaleRoIAlign pools once the engine has assigned each RoI its level) at memory speed.
+
+The head graphs' own RoiAlign (ONNX Runtime's and OpenVINO's) took 100-380 ms for a box
+head's 1000 proposals on two cores, most of the box head; this one computes the same
+numbers (within float rounding) from channels-last (NHWC) feature maps, which OpenVINO's
+dense graph writes at no extra cost, with vector instructions, in about 10 ms
+(engine/native/roi_align.c says how). It is a C library built when the package is installed
+(setup.py; optional: without a C compiler the install still succeeds, `available()` is
+False, and the backends keep the graphs' own RoiAlign).
+
+    pool_levels(features, rois, scales, output_size, sampling_ratio) -> (R, C, PH, PW) float32
+
+features: per pooled level, (1, Hj, Wj, C) float32 (one image, NHWC); rois: per level (Rj, 4)
+float32 (x1, y1, x2, y2) in image pixels; scales: feature pixels per image pixel. Rows come
+back in level order (all of level 0, then level 1, ...), like torch.cat of each level's
+roi_align.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+_LIBRARY = "_roi_align"  # setup.py's Extension("engine._roi_align")
+_FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+
+
+@lru_cache(maxsize=1)
+def _library():
+    """The built C library's roi_align_nhwc, or None where the install had no compiler."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"{_LIBRARY}{suffix}"
+        if path.is_file():
+            library = ctypes.CDLL(str(path))
+            fn = library.roi_align_nhwc
+            i64 = ctypes.c_int64
+            fn.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
+                           ctypes.c_int, i64, i64, ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+def available() -> bool:
+    """Whether the native RoIAlign was built with this install."""
+    return _library() is not None
+
+
+class RoIAligner:
+    """Multi-level RoIAlign on `threads` threads, each taking a range of the RoIs (ctypes
+    releases the GIL for the call). Safe to share between threads."""
+
+    def __init__(self, threads: int = 1):
+        if not available():
+            raise RuntimeError("the native RoIAlign is not built (no C compiler when the package was installed)")
+        self.threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self.threads - 1, "roi-align") if self.threads > 1 else None
+
+    def pool_levels(self, features, rois, scales, output_size, sampling_ratio: int, aligned: bool = False,
+                    out: np.ndarray | None = None, channels_last: bool = False) -> np.ndarray:
+        """See the module docstring. output_size: (PH, PW). channels_last: the result is
+        (R, PH, PW, C) instead, which saves a transpose (a third of the time) where the
+        consumer takes it. out: where to write the result (C-contiguous float32), e.g. a
+        runtime's input tensor: a fresh array of that size per call costs page faults, which
+        on a VM cost more than the pooling."""
+        fn = _library()
+        ph, pw = (int(s) for s in output_size)
+        channels = {int(f.shape[-1]) for f in features}
+        if len(channels) != 1 or any(f.ndim != 4 or f.shape[0] != 1 for f in features):
+            raise ValueError(f"features must be (1, H, W, C) maps with one C, got {[f.shape for f in features]}")
+        (c,) = channels
+        counts = [int(r.shape[0]) for r in rois]
+        shape = (sum(counts), ph, pw, c) if channels_last else (sum(counts), c, ph, pw)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
+        # (feature, rois, scale, first output row, RoI range) per piece of work: each level's
+        # RoIs cut into `threads` ranges, so both cores work on every level
+        pieces, start = [], 0
+        for feature, level_rois, scale, count in zip(features, rois, scales, counts):
+            if count:
+                feature = np.ascontiguousarray(feature, np.float32)
+                level_rois = np.ascontiguousarray(level_rois, np.float32).reshape(count, 4)
+                bounds = np.linspace(0, count, min(self.threads, count) + 1).astype(int)
+                for thread, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                    pieces.append((thread, feature, level_rois, float(scale), start, int(a), int(b)))
+            start += count
+
+        def run(thread):
+            for owner, feature, level_rois, scale, first, a, b in pieces:
+                if owner != thread:
+                    continue
+                _, h, w, _ = feature.shape
+                target = out[first:]
+                if fn(feature, h, w, c, level_rois, scale, ph, pw, int(sampling_ratio), int(aligned),
+                      int(channels_last), a, b, target.ctypes.data) != 0:
+                    raise MemoryError("native RoIAlign: out of memory")
+
+        futures = [self._pool.submit(run, t) for t in range(1, self.threads)] if self._pool else []
+        run(0)
+        for future in futures:
+            future.result()
+        return out

@@ -1,0 +1,15 @@
+"""The native part of the package: engine/native/roi_align.c, a plain C library the engine
+loads with ctypes (engine/roi_align.py). Optional: without a C compiler the install goes on
+and the CPU backends keep the graphs' own RoiAlign. Everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension(
+    "engine._roi_align",
+    sources=["engine/native/roi_align.c"],
+    # -O3 for the vector loops; the hot loop picks AVX-512/AVX2/SSE at run time
+    # (target_clones), so a library built on one machine runs on any x86-64.
+    extra_compile_args=["-O3", "-std=gnu11"],
+    libraries=["m"],
+    optional=True,
+)])
