@@ -63,6 +63,11 @@ def cmd_backends(args) -> int:
     status = available_backends(args.model_dir)
     for name, reason in status.items():
         state = f"available ({', '.join(backend_precisions(name))})" if reason is None else "unavailable: " + reason
+        if name == "openvino" and reason is None:
+            from . import roi_align
+
+            state += ("; RoIAlign native" if roi_align.available() else
+                      "; RoIAlign in the head graphs (the native one was not built: no C compiler at install)")
         print(f"{name:20s} {state}")
     scope = f" for {args.model_dir}" if args.model_dir else " (without --model-dir: TensorRT plans not checked)"
     print(f"auto picks {choose_backend(status)}{scope}")

@@ -221,6 +221,7 @@ def test_cli_lists_openvino_with_its_precisions_and_predicts_with_it(demo_model_
     listing = subprocess.run([sys.executable, "-m", "engine", "backends"], cwd=ROOT, capture_output=True, text=True)
     line = next(line for line in listing.stdout.splitlines() if line.startswith("openvino"))
     assert f"available ({', '.join(cpu_precisions())})" in line
+    assert ("RoIAlign native" if roi_align.available() else "RoIAlign in the head graphs") in line
     image = tmp_path / "astronaut.png"
     cv2.imwrite(str(image), data.astronaut()[..., ::-1])
     out = subprocess.run([sys.executable, "-m", "engine", "predict", "--model-dir", str(demo_model_dir),

@@ -102,12 +102,14 @@ def available_backends(model_dir=None) -> dict[str, str | None]:
 
 def _openvino_reason() -> str | None:
     try:
-        import openvino
+        import openvino  # noqa: F401
     except ImportError as exc:
         return f"openvino is not installed ({exc}; pip install openvino)"
     except Exception as exc:  # a broken install raises RuntimeError and friends
         return f"openvino cannot be imported: {exc}"
-    if "CPU" not in openvino.Core().available_devices:
+    from .openvino_cpu import shared_core
+
+    if "CPU" not in shared_core().available_devices:
         return "OpenVINO sees no CPU device"
     return None
 

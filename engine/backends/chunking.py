@@ -32,31 +32,9 @@ def run_in_chunks(rois: list[np.ndarray], limits: list[int], run, class_ids: np.
         return run(rois, class_ids)
     if any(limit < 1 for limit in limits):
         raise ValueError(f"row limits must be >= 1, got {limits}")
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     passes = max(-(-c // limit) for c, limit in zip(counts, limits))
-    pieces: list[list[tuple]] = [[] for _ in rois]
-    for p in range(passes):
-        chunk, ids, taken = [], [], []
-        for j, (level, limit) in enumerate(zip(rois, limits)):
-            lo, hi = p * limit, min(counts[j], (p + 1) * limit)
-            if lo < hi:
-                chunk.append(level[lo:hi])
-                if class_ids is not None:
-                    ids.append(class_ids[starts[j] + lo : starts[j] + hi])
-                taken.append(hi - lo)
-            else:  # this level is done: one filler row keeps the input non-empty
-                chunk.append(FILLER_BOX)
-                if class_ids is not None:
-                    ids.append(np.zeros(1, class_ids.dtype))
-                taken.append(0)
-        outputs = run(chunk, np.concatenate(ids) if class_ids is not None else None)
-        offset = 0
-        for j, n in enumerate(taken):
-            if n:
-                pieces[j].append(tuple(out[offset : offset + n] for out in outputs))
-            offset += max(n, 1)
-    num_outputs = len(pieces[0][0])
-    return tuple(np.concatenate([piece[k] for level in pieces for piece in level]) for k in range(num_outputs))
+    spans = [[(min(c, p * limit), min(c, (p + 1) * limit)) for c, limit in zip(counts, limits)] for p in range(passes)]
+    return _run_spans(rois, spans, run, class_ids)
 
 
 def run_in_row_passes(rois: list[np.ndarray], max_rows: int, run, class_ids: np.ndarray | None = None):
@@ -75,23 +53,34 @@ def run_in_row_passes(rois: list[np.ndarray], max_rows: int, run, class_ids: np.
     if total <= max_rows:
         return run(rois, class_ids)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    pieces = []
-    for lo in range(0, total, max_rows):
-        hi = min(total, lo + max_rows)
-        chunk, ids, keep = [], [], []
-        for j, level in enumerate(rois):
-            a, b = max(lo, starts[j]), min(hi, starts[j + 1])
-            if a < b:
-                chunk.append(level[a - starts[j] : b - starts[j]])
+    spans = [[(int(np.clip(lo - starts[j], 0, counts[j])), int(np.clip(lo + max_rows - starts[j], 0, counts[j])))
+              for j in range(len(rois))] for lo in range(0, total, max_rows)]
+    return _run_spans(rois, spans, run, class_ids)
+
+
+def _run_spans(rois: list[np.ndarray], spans: list[list[tuple[int, int]]], run, class_ids: np.ndarray | None):
+    """One run per pass; spans[p][j] = (lo, hi): the rows of level j that pass p takes (a
+    filler row where lo == hi). The outputs, fillers dropped, in the level order of one run."""
+    counts = [int(r.shape[0]) for r in rois]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pieces: list[list[tuple]] = [[] for _ in rois]
+    for pass_spans in spans:
+        chunk, ids, taken = [], [], []
+        for j, (level, (lo, hi)) in enumerate(zip(rois, pass_spans)):
+            if lo < hi:
+                chunk.append(level[lo:hi])
                 if class_ids is not None:
-                    ids.append(class_ids[a:b])
-                keep.append(np.ones(b - a, bool))
+                    ids.append(class_ids[starts[j] + lo : starts[j] + hi])
             else:  # no row of this level in this pass: a filler keeps the input non-empty
                 chunk.append(FILLER_BOX)
                 if class_ids is not None:
                     ids.append(np.zeros(1, class_ids.dtype))
-                keep.append(np.zeros(1, bool))
+            taken.append(hi - lo)
         outputs = run(chunk, np.concatenate(ids) if class_ids is not None else None)
-        real = np.concatenate(keep)
-        pieces.append(tuple(out[real] for out in outputs))
-    return tuple(np.concatenate([piece[k] for piece in pieces]) for k in range(len(pieces[0])))
+        offset = 0
+        for j, n in enumerate(taken):
+            if n:
+                pieces[j].append(tuple(out[offset : offset + n] for out in outputs))
+            offset += max(n, 1)
+    num_outputs = len(outputs)
+    return tuple(np.concatenate([piece[k] for level in pieces for piece in level]) for k in range(num_outputs))

@@ -14,6 +14,7 @@ from a per-graph pool, so concurrent `predict` calls never share one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 
@@ -175,12 +176,19 @@ def channels_last_head(model):
     return ov.Model(model.get_results(), [channels_last] + others, model.get_friendly_name())
 
 
+@functools.lru_cache(maxsize=1)
+def shared_core():
+    """One openvino.Core for the process: creating one loads its plugins (each Engine.load
+    asked for three: the availability check, the precisions, the backend)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def cpu_precisions(core=None) -> list[str]:
     """The precisions OpenVINO can run on this CPU: fp32, and bf16 where the processor has
     BF16 instructions (AVX-512 BF16 or AMX; OpenVINO's OPTIMIZATION_CAPABILITIES)."""
-    import openvino as ov
-
-    core = core or ov.Core()
+    core = core or shared_core()
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return ["fp32"] + (["bf16"] if "BF16" in capabilities else [])
 
@@ -247,7 +255,7 @@ class OpenVinoCpuBackend(Backend):
         if native and any(runtime != "openvino" for runtime, _ in self.plan.values()):
             raise ValueError("plan: under pooling native every graph runs on openvino (the heads are cut at their "
                              "pooled input; ONNX Runtime runs the uncut graphs: pooling graph)")
-        core = ov.Core()
+        core = shared_core()
         supported = cpu_precisions(core)
         if any(p not in supported for _, p in self.plan.values()):
             raise BackendUnavailableError(
