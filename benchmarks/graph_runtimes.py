@@ -134,11 +134,12 @@ def profile_openvino(graph, feed: dict, threads: int, runs: int, precision: str)
 
 def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precision: str) -> dict:
     """The box head as the openvino backend runs it with the native RoIAlign: the pooling
-    (engine.roi_align, from the NHWC maps), then the graph cut after its RoiAlign on OpenVINO."""
+    (engine.roi_align, from the NHWC maps), then the graph cut after its RoiAlign on OpenVINO
+    (openvino_cpu.native_head: channels-last input, uint8 for an INT8 directory)."""
     import openvino as ov
 
     from engine import roi_align
-    from engine.backends.openvino_cpu import pooled_head
+    from engine.backends.openvino_cpu import native_head
     from engine.model_dir import ModelDir
 
     config = ModelDir.open(model_dir).config.box_head
@@ -146,10 +147,14 @@ def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precisi
     rois = [feed[f"rois_{j}"] for j in range(len(config.feature_indices))]
     channels = features[0].shape[-1]
     aligner = roi_align.RoIAligner(threads)
-    pooled = np.empty((sum(len(r) for r in rois), channels, *config.output_size), np.float32)
+    graph, channels_last, quantize = native_head(ov.Core().read_model(str(model_dir / "box_head.onnx")), channels,
+                                                 config.output_size)
+    pooled = aligner.pool_levels(features, rois, config.scales, config.output_size, config.sampling_ratio,
+                                 channels_last=channels_last, quantize=quantize)
 
     def pool():
-        aligner.pool_levels(features, rois, config.scales, config.output_size, config.sampling_ratio, out=pooled)
+        aligner.pool_levels(features, rois, config.scales, config.output_size, config.sampling_ratio, out=pooled,
+                            channels_last=channels_last, quantize=quantize)
 
     pool()
     pool_seconds = []
@@ -157,11 +162,10 @@ def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precisi
         start = time.perf_counter()
         pool()
         pool_seconds.append(time.perf_counter() - start)
-    core = ov.Core()
-    graph = pooled_head(core.read_model(str(model_dir / "box_head.onnx")), (None, channels, *config.output_size))
     head = profile_openvino(graph, {"pooled": pooled}, threads, runs, precision)
     pool_ms = round(float(np.median(pool_seconds)) * 1000.0, 1)
-    return {"native_roi_align_ms": pool_ms, "cut_head": head, "median_ms": round(pool_ms + head["median_ms"], 1)}
+    return {"native_roi_align_ms": pool_ms, "pooled_input": f"{'channels-last' if channels_last else 'NCHW'} {pooled.dtype}",
+            "cut_head": head, "median_ms": round(pool_ms + head["median_ms"], 1)}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 
 _LIBRARY = "_roi_align"  # setup.py's Extension("engine._roi_align")
 _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+_NCHW_F32, _NHWC_F32, _NHWC_U8 = 0, 1, 2  # roi_align.c's enum layout
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +43,7 @@ def _library():
             fn = library.roi_align_nhwc
             i64 = ctypes.c_int64
             fn.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
-                           ctypes.c_int, i64, i64, ctypes.c_void_p]
+                           ctypes.c_int, ctypes.c_float, ctypes.c_float, i64, i64, ctypes.c_void_p]
             fn.restype = ctypes.c_int
             return fn
     return None
@@ -64,10 +65,14 @@ class RoIAligner:
         self._pool = ThreadPoolExecutor(self.threads - 1, "roi-align") if self.threads > 1 else None
 
     def pool_levels(self, features, rois, scales, output_size, sampling_ratio: int, aligned: bool = False,
-                    out: np.ndarray | None = None, channels_last: bool = False) -> np.ndarray:
+                    out: np.ndarray | None = None, channels_last: bool = False,
+                    quantize: tuple[float, float] | None = None) -> np.ndarray:
         """See the module docstring. output_size: (PH, PW). channels_last: the result is
         (R, PH, PW, C) instead, which saves a transpose (a third of the time) where the
-        consumer takes it. out: where to write the result (C-contiguous float32), e.g. a
+        consumer takes it. quantize: (low, high), with channels_last: the result is uint8,
+        each value quantized to 256 levels over [low, high] as OpenVINO's FakeQuantize does
+        (round((x - low) * 255 / (high - low)), clamped), for a consumer whose first layer is
+        INT8. out: where to write the result (C-contiguous, of that shape and dtype), e.g. a
         runtime's input tensor: a fresh array of that size per call costs page faults, which
         on a VM cost more than the pooling."""
         fn = _library()
@@ -77,11 +82,21 @@ class RoIAligner:
             raise ValueError(f"features must be (1, H, W, C) maps with one C, got {[f.shape for f in features]}")
         (c,) = channels
         counts = [int(r.shape[0]) for r in rois]
+        if quantize is not None and not channels_last:
+            raise ValueError("quantize needs channels_last")
         shape = (sum(counts), ph, pw, c) if channels_last else (sum(counts), c, ph, pw)
+        dtype = np.dtype(np.uint8 if quantize is not None else np.float32)
+        layout = (_NHWC_U8 if quantize is not None else _NHWC_F32) if channels_last else _NCHW_F32
+        low, inv = 0.0, 0.0
+        if quantize is not None:
+            low, high = (float(v) for v in quantize)
+            if not high > low:
+                raise ValueError(f"quantize: (low, high) with high > low, got {quantize}")
+            inv = 255.0 / (high - low)
         if out is None:
-            out = np.empty(shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
+            out = np.empty(shape, dtype)
+        elif out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {shape}, got {out.dtype} {out.shape}")
         # (feature, rois, scale, first output row, RoI range) per piece of work: each level's
         # RoIs cut into `threads` ranges, so both cores work on every level
         pieces, start = [], 0
@@ -100,8 +115,8 @@ class RoIAligner:
                     continue
                 _, h, w, _ = feature.shape
                 target = out[first:]
-                if fn(feature, h, w, c, level_rois, scale, ph, pw, int(sampling_ratio), int(aligned),
-                      int(channels_last), a, b, target.ctypes.data) != 0:
+                if fn(feature, h, w, c, level_rois, scale, ph, pw, int(sampling_ratio), int(aligned), layout, low, inv,
+                      a, b, target.ctypes.data) != 0:
                     raise MemoryError("native RoIAlign: out of memory")
 
         futures = [self._pool.submit(run, t) for t in range(1, self.threads)] if self._pool else []

@@ -176,22 +176,28 @@ def save_published_layout(model, path: Path) -> Path:
     return path
 
 
-def box_head_both_layouts(model_dir, monkeypatch, precision: str = "fp32"):
-    """The box head's outputs on one photo's proposals with the pooled features channels-last
-    (fc6's weight columns permuted: channels_last_head) and as the graph's RoiAlign gives them."""
+def box_head_variants(model_dir, monkeypatch, variants: dict[str, tuple[str, ...]], precision: str = "fp32") -> dict:
+    """The box head's outputs (class_probs, box_deltas) on one photo's proposals, for each
+    variant of the openvino backend: name -> the graph rewrites of engine.backends.openvino_cpu
+    it goes without ("channels_last_head": pooled features NCHW as the graph's RoiAlign gives
+    them; "quantized_input_head": an INT8 directory's float input quantized by its graph).
+    All variants run on the same dense outputs, so only those rewrites differ. Each variant's
+    backend is returned too, under (name, "backend")."""
     import engine.backends.openvino_cpu as openvino_cpu
     from engine import Engine
 
-    permuted = Engine.load(model_dir, backend="openvino", precision=precision)
-    with monkeypatch.context() as patch:
-        patch.setattr(openvino_cpu, "channels_last_head", lambda model: None)
-        plain = Engine.load(model_dir, backend="openvino", precision=precision)
-    assert permuted.backend.channels_last == {"box_head": True, "mask_head": False}
-    assert plain.backend.channels_last == {"box_head": False, "mask_head": False}
-    prepared = permuted.transform(photo("coffee"))
-    dense = permuted.backend.run_dense(prepared.tensor)
-    proposals = permuted.rpn(dense, prepared)
+    engines = {}
+    for name, without in variants.items():
+        with monkeypatch.context() as patch:
+            for rewrite in without:
+                patch.setattr(openvino_cpu, rewrite, lambda model: None)
+            engines[name] = Engine.load(model_dir, backend="openvino", precision=precision)
+    first = next(iter(engines.values()))
+    prepared = first.transform(photo("coffee"))
+    dense = first.backend.run_dense(prepared.tensor)
+    proposals = first.rpn(dense, prepared)
     assert len(proposals) > 100
-    outputs = permuted.box_head(dense, proposals), plain.box_head(dense, proposals)
-    permuted.backend.release(dense)
+    outputs = {name: engine.box_head(dense, proposals) for name, engine in engines.items()}
+    outputs.update({(name, "backend"): engine.backend for name, engine in engines.items()})
+    first.backend.release(dense)
     return outputs

@@ -177,15 +177,32 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
             native = engine.backend.pooling == "native"
             assert engine.backend.plan == (QUANTIZED_PLANS if native else GRAPH_POOLING_QUANTIZED_PLANS)["fp32"]
             assert engine.backend.precisions["mask_head"] == "fp32+int8"
-            if native:  # the cut box head runs its INT8 layers on OpenVINO too, fc6's weights permuted
-                from helpers import box_head_both_layouts
-
-                assert engine.backend.precisions["box_head"] == "fp32+int8"
-                (probs, deltas), (plain_probs, plain_deltas) = box_head_both_layouts(out, monkeypatch)
-                np.testing.assert_allclose(probs, plain_probs, atol=1e-5)
-                np.testing.assert_allclose(deltas, plain_deltas, atol=1e-4)
+            if native:
+                assert_native_int8_box_head(out, monkeypatch)
         det = engine.predict(photo("motorcycle"), score_threshold=0.05)
         assert len(det) > 0 and det.masks.shape[1:] == photo("motorcycle").shape[:2]
+
+
+def assert_native_int8_box_head(model_dir, monkeypatch):
+    """With the native RoIAlign the INT8 box head runs on OpenVINO too, fc6's weight columns
+    permuted for channels-last features (the same outputs as the plain cut graph) and its
+    input quantized to uint8 by the pooling instead of the graph's FakeQuantize. That
+    rounding differs from OpenVINO's by 1 on about one value in 100,000 (a few RoIs of 1000),
+    and random weights make those rows move; the rest must be the same."""
+    from helpers import box_head_variants
+
+    out = box_head_variants(model_dir, monkeypatch, {"quantized": (), "permuted": ("quantized_input_head",),
+                                                      "plain": ("channels_last_head",)})
+    backend = out["quantized", "backend"]
+    assert backend.precisions["box_head"] == "fp32+int8"
+    assert backend.channels_last["box_head"] and backend.quantize["box_head"] is not None
+    assert out["permuted", "backend"].quantize["box_head"] is None
+    for permuted, plain in zip(out["permuted"], out["plain"]):
+        np.testing.assert_allclose(permuted, plain, atol=1e-5)
+    (probs, deltas), (float_probs, float_deltas) = out["quantized"], out["permuted"]
+    same = np.all(np.abs(probs - float_probs) <= 1e-5, axis=1) & np.all(np.abs(deltas - float_deltas) <= 1e-4, axis=1)
+    assert same.mean() >= 0.97, same.mean()
+    assert (probs.argmax(1) == float_probs.argmax(1)).mean() >= 0.99
 
 
 def float_ops_after_fusion(graph_path, fused_path) -> list[str]:

@@ -23,7 +23,7 @@ import pytest
 from engine import Engine
 from engine.backends import backend_precisions, default_precision
 from engine.errors import BackendUnavailableError, ModelDirError
-from helpers import box_head_both_layouts, photo, torchvision_predict
+from helpers import box_head_variants, photo, torchvision_predict
 from test_parity import assert_parity
 
 openvino = pytest.importorskip("openvino")
@@ -234,9 +234,12 @@ def test_cli_lists_openvino_with_its_precisions_and_predicts_with_it(demo_model_
 
 @pytest.mark.skipif(not roi_align.available(), reason="the native RoIAlign is not built")
 def test_the_box_head_takes_channels_last_features_with_its_weights_permuted(small_model_dir, monkeypatch):
-    (probs, deltas), (plain_probs, plain_deltas) = box_head_both_layouts(small_model_dir, monkeypatch)
-    np.testing.assert_allclose(probs, plain_probs, atol=1e-5)
-    np.testing.assert_allclose(deltas, plain_deltas, atol=1e-4)
+    out = box_head_variants(small_model_dir, monkeypatch, {"permuted": (), "plain": ("channels_last_head",)})
+    assert out["permuted", "backend"].channels_last == {"box_head": True, "mask_head": False}
+    assert out["plain", "backend"].channels_last == {"box_head": False, "mask_head": False}
+    assert out["permuted", "backend"].quantize == {"box_head": None, "mask_head": None}  # an FP32 directory
+    for permuted, plain in zip(out["permuted"], out["plain"]):
+        np.testing.assert_allclose(permuted, plain, atol=1e-5)
 
 
 def test_channels_last_head_leaves_graphs_it_cannot_permute_alone(small_model_dir):

@@ -111,3 +111,30 @@ def test_channels_last_output_is_the_same_numbers_transposed(channels):
     assert out.shape == (len(rois), 7, 7, channels)
     np.testing.assert_array_equal(out, aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2).transpose(0, 2, 3, 1))
     np.testing.assert_allclose(out.transpose(0, 3, 1, 2), reference(feature, rois, 0.25, (7, 7), 2), rtol=1e-5, atol=2e-6)
+
+
+def test_quantized_output_is_what_openvinos_fake_quantize_gives():
+    """uint8 straight from the pooling, for an INT8 head whose first step is a FakeQuantize to
+    256 levels: the values OpenVINO's CPU FakeQuantize gives for the floats, but for one in
+    about a million on a rounding boundary (1 LSB)."""
+    ov = pytest.importorskip("openvino")
+    rng = np.random.default_rng(13)
+    feature = rng.standard_normal((1, 64, 30, 44)).astype(np.float32) * 2
+    rois = awkward_rois(rng, 200, 30, 44, 0.25)
+    aligner = roi_align.RoIAligner(2)
+    low, high = -3.1, 2.7  # values beyond both ends clamp to 0 and 255
+    floats = aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, channels_last=True)
+    quantized = aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, channels_last=True, quantize=(low, high))
+    assert quantized.dtype == np.uint8 and quantized.shape == floats.shape
+    param = ov.opset13.parameter([-1, 7, 7, 64], ov.Type.f32)
+    bound = lambda v: ov.opset13.constant(np.float32(v))  # noqa: E731
+    graph = ov.Model([ov.opset13.convert(ov.opset13.fake_quantize(param, bound(low), bound(high), bound(0), bound(255), 256),
+                                         "u8")], [param])
+    expected = ov.Core().compile_model(graph, "CPU")({0: floats})[0]
+    assert {0, 255} <= set(np.unique(expected).tolist())
+    differ = quantized.astype(int) - expected.astype(int)
+    assert np.abs(differ).max() <= 1 and np.count_nonzero(differ) <= quantized.size // 100_000, np.count_nonzero(differ)
+    with pytest.raises(ValueError, match="quantize needs channels_last"):
+        aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, quantize=(low, high))
+    with pytest.raises(ValueError, match="high > low"):
+        aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, channels_last=True, quantize=(1.0, 1.0))

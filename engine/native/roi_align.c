@@ -10,8 +10,9 @@
  * Per RoI: the sampling points' taps along each axis are computed once per output row and
  * column (torchvision's bilinear rule) and merged where two points share a pixel; each bin
  * then sums its taps over blocks of 64 channels held in registers. The result is written
- * channels-last, (bins, C) per RoI, or transposed into the (C, bins) layout of the graphs'
- * own RoiAlign output.
+ * channels-last, (bins, C) per RoI, as float32 or quantized to uint8 for a head whose first
+ * layer is INT8, or transposed into the (C, bins) float32 layout of the graphs' own RoiAlign
+ * output.
  *
  * Loaded with ctypes (engine/roi_align.py), which releases the GIL for the call, so threads
  * that each take a range of RoIs run in parallel.
@@ -105,27 +106,45 @@ static void bin_channels(const float *const *srcs, const float *weights, int64_t
     }
 }
 
+/* dst[i] = src[i] quantized to 256 levels over [low, low + 255 / inv] the way OpenVINO's CPU
+ * FakeQuantize does it (an INT8 directory's QuantizeLinear): one fused multiply-add
+ * x * inv + (-low * inv), clamped to 0..255, rounded to nearest even. The same u8 values
+ * but for one in about a million that sits on a rounding boundary (none of the 12.5 million
+ * of an R50 box head's input; rounding (x - low) * inv instead differed on 83 of those). */
+VECTOR_CLONES
+static void quantize_u8(const float *restrict src, int64_t n, float low, float inv, uint8_t *restrict dst) {
+    const float shift = -low * inv;
+    for (int64_t i = 0; i < n; i++) {
+        float q = fmaf(src[i], inv, shift);
+        q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
+        dst[i] = (uint8_t)nearbyintf(q);
+    }
+}
+
+enum layout { NCHW_F32 = 0, NHWC_F32 = 1, NHWC_U8 = 2 };
+
 /* feat: (height, width, channels) float32, C-contiguous (one image of an NHWC map).
  * rois: (num_rois, 4) float32, (x1, y1, x2, y2) in image pixels; spatial_scale maps them to
- * feature pixels. out: (num_rois, channels, pooled_h, pooled_w) float32 (NCHW, as the head
- * graphs' RoiAlign gives it), or with channels_last (num_rois, pooled_h, pooled_w, channels);
- * only RoIs [n_begin, n_end) are written. sampling_ratio <= 0:
+ * feature pixels. out, by layout: NCHW_F32 (num_rois, channels, pooled_h, pooled_w) float32,
+ * as the head graphs' RoiAlign gives it; NHWC_F32 (num_rois, pooled_h, pooled_w, channels)
+ * float32; NHWC_U8 the same quantized to uint8 (quantize_u8 with q_low, q_inv); only RoIs
+ * [n_begin, n_end) are written. sampling_ratio <= 0:
  * torchvision's adaptive grid, ceil(RoI size / pooled size). aligned: torchvision's flag
  * (a half-pixel offset, no 1-pixel minimum size). Returns 0, or -1 where memory ran out. */
 int roi_align_nhwc(const float *feat, int64_t height, int64_t width, int64_t channels,
                    const float *rois, float spatial_scale, int64_t pooled_h, int64_t pooled_w,
-                   int64_t sampling_ratio, int aligned, int channels_last, int64_t n_begin, int64_t n_end,
-                   float *out) {
+                   int64_t sampling_ratio, int aligned, int layout, float q_low, float q_inv, int64_t n_begin,
+                   int64_t n_end, void *out) {
     const float offset = aligned ? 0.5f : 0.0f;
     const int64_t bins = pooled_h * pooled_w;
-    /* (bins, channels) of one RoI, where it is transposed afterwards */
-    float *roi_out = channels_last ? NULL : malloc((size_t)(channels * bins) * sizeof(float));
+    /* (bins, channels) of one RoI, where it is transposed or quantized afterwards */
+    float *roi_out = layout == NHWC_F32 ? NULL : malloc((size_t)(channels * bins) * sizeof(float));
     int64_t *ycount = malloc((size_t)pooled_h * sizeof(int64_t)), *xcount = malloc((size_t)pooled_w * sizeof(int64_t));
     tap *ytaps = NULL, *xtaps = NULL;
     const float **srcs = NULL;
     float *weights = NULL;
     int64_t axis_capacity = 0, bin_capacity = 0; /* taps allocated per axis, per bin */
-    int status = (roi_out || channels_last) && ycount && xcount ? 0 : -1;
+    int status = (roi_out || layout == NHWC_F32) && ycount && xcount ? 0 : -1;
     for (int64_t n = n_begin; n < n_end && status == 0; n++) {
         const float *r = rois + 4 * n;
         float x1 = r[0] * spatial_scale - offset, y1 = r[1] * spatial_scale - offset;
@@ -171,7 +190,7 @@ int roi_align_nhwc(const float *feat, int64_t height, int64_t width, int64_t cha
                 axis_taps(x1 + pw * bin_w + (ix + 0.5f) * bin_w / (float)grid_w, width, 1.0f, xtaps + pw * nx + 2 * ix);
             xcount[pw] = merge_taps(xtaps + pw * nx, nx);
         }
-        float *bins_out = channels_last ? out + n * bins * channels : roi_out;
+        float *bins_out = layout == NHWC_F32 ? (float *)out + n * bins * channels : roi_out;
         for (int64_t ph = 0; ph < pooled_h; ph++) {
             for (int64_t pw = 0; pw < pooled_w; pw++) {
                 int64_t taps = 0;
@@ -190,8 +209,9 @@ int roi_align_nhwc(const float *feat, int64_t height, int64_t width, int64_t cha
         /* (bins, channels) -> (channels, bins): contiguous writes, reads from the RoI's
          * buffer while it is in cache (strided stores straight into `out` took longer than
          * the pooling) */
-        if (channels_last) continue;
-        float *dst = out + n * channels * bins;
+        if (layout == NHWC_U8) quantize_u8(roi_out, bins * channels, q_low, q_inv, (uint8_t *)out + n * bins * channels);
+        if (layout != NCHW_F32) continue;
+        float *dst = (float *)out + n * channels * bins;
         for (int64_t c = 0; c < channels; c++)
             for (int64_t b = 0; b < bins; b++) dst[c * bins + b] = roi_out[b * channels + c];
     }
