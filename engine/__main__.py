@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     predict.add_argument("--threads", type=int, help="CPU inference threads (default: every usable core)")
     predict.add_argument("--precision", choices=PRECISIONS,
                          help="default: the backend's here (bf16 for openvino on a CPU with BF16 instructions, "
-                              "its dense graph only; else fp32)")
+                              "else fp32)")
     predict.set_defaults(func=cmd_predict)
     backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
     backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")

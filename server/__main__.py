@@ -96,8 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backend", help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
                         help="inference precision (default: $MASKRCNN_PRECISION, else the backend's default here: "
-                             "bf16 for openvino where the CPU has BF16 instructions, its dense graph only, "
-                             "else fp32); fp32 matches torchvision at the parity tolerances")
+                             "bf16 for openvino where the CPU has BF16 instructions, else fp32); fp32 matches "
+                             "torchvision at the parity tolerances")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.weights and not args.model:

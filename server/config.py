@@ -20,8 +20,8 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
 | memory_budget_mb  | MASKRCNN_MEMORY_BUDGET_MB (admission, server.inference)   | 1800             |
 
-(1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (only
-its dense graph runs BF16), else fp32.
+(1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (every
+graph BF16, the native RoIAlign FP32; only the dense graph where that was not built), else fp32.
 
 The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
 server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
