@@ -33,25 +33,30 @@ _NCHW_F32, _NHWC_F32, _NHWC_U8 = 0, 1, 2  # roi_align.c's enum layout
 
 
 @lru_cache(maxsize=1)
-def _library():
-    """The built C library's roi_align_nhwc, or None where the install had no compiler."""
+def _library_functions():
+    """The built C library's (roi_align_nhwc, nchw_to_nhwc), or None where the install had no
+    compiler."""
     here = Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"{_LIBRARY}{suffix}"
         if path.is_file():
             library = ctypes.CDLL(str(path))
-            fn = library.roi_align_nhwc
             i64 = ctypes.c_int64
-            fn.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
-                           ctypes.c_int, ctypes.c_float, ctypes.c_float, i64, i64, ctypes.c_void_p]
-            fn.restype = ctypes.c_int
-            return fn
+            pool = library.roi_align_nhwc
+            pool.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_float, ctypes.c_float, i64, i64, ctypes.c_void_p]
+            pool.restype = ctypes.c_int
+            transpose = library.nchw_to_nhwc
+            transpose.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p]
+            transpose.restype = None
+            return pool, transpose
     return None
+
 
 
 def available() -> bool:
     """Whether the native RoIAlign was built with this install."""
-    return _library() is not None
+    return _library_functions() is not None
 
 
 class RoIAligner:
@@ -75,7 +80,7 @@ class RoIAligner:
         INT8. out: where to write the result (C-contiguous, of that shape and dtype), e.g. a
         runtime's input tensor: a fresh array of that size per call costs page faults, which
         on a VM cost more than the pooling."""
-        fn = _library()
+        fn = _library_functions()[0]
         ph, pw = (int(s) for s in output_size)
         channels = {int(f.shape[-1]) for f in features}
         if len(channels) != 1 or any(f.ndim != 4 or f.shape[0] != 1 for f in features):
@@ -119,8 +124,31 @@ class RoIAligner:
                       a, b, target.ctypes.data) != 0:
                     raise MemoryError("native RoIAlign: out of memory")
 
+        self._on_every_thread(run)
+        return out
+
+    def channels_last(self, feature: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """feature (1, C, H, W) float32 (NCHW) copied channels-last into the start of `out`
+        (a C-contiguous float32 buffer of at least C * H * W values): returns that (1, H, W, C)
+        view. For maps a runtime can only write NCHW at no cost; 13 ms for an R50's four maps
+        (800x1088 input) on two threads."""
+        _, c, h, w = feature.shape
+        feature = np.ascontiguousarray(feature, np.float32)
+        if out.dtype != np.float32 or not out.flags.c_contiguous or out.size < c * h * w:
+            raise ValueError(f"out must be a C-contiguous float32 buffer of at least {c * h * w} values")
+        view = out.reshape(-1)[: c * h * w].reshape(1, h, w, c)
+        bounds = np.linspace(0, h * w, self.threads + 1).astype(int)
+        transpose = _library_functions()[1]
+
+        def run(thread):
+            transpose(feature.ctypes.data, c, h * w, int(bounds[thread]), int(bounds[thread + 1]), view.ctypes.data)
+
+        self._on_every_thread(run)
+        return view
+
+    def _on_every_thread(self, run) -> None:
+        """run(0) here and run(t) for t in 1..threads-1 on the pool, then wait for all."""
         futures = [self._pool.submit(run, t) for t in range(1, self.threads)] if self._pool else []
         run(0)
         for future in futures:
             future.result()
-        return out

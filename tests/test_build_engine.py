@@ -188,13 +188,16 @@ def assert_native_int8_box_head(model_dir, monkeypatch):
     permuted for channels-last features (the same outputs as the plain cut graph) and its
     input quantized to uint8 by the pooling instead of the graph's FakeQuantize. That
     rounding differs from OpenVINO's by 1 on about one value in 100,000 (a few RoIs of 1000),
-    and random weights make those rows move; the rest must be the same."""
-    from helpers import box_head_variants
+    and random weights make those rows move; the rest must be the same. The dense graph's
+    maps come out NCHW and are transposed natively: the same detections as OpenVINO's own
+    NHWC outputs."""
+    from helpers import box_head_variants, photo
 
     out = box_head_variants(model_dir, monkeypatch, {"quantized": (), "permuted": ("quantized_input_head",),
                                                       "plain": ("channels_last_head",)})
     backend = out["quantized", "backend"]
     assert backend.precisions["box_head"] == "fp32+int8"
+    assert backend.transpose_features  # the INT8 dense graph writes NCHW; the native code transposes
     assert backend.channels_last["box_head"] and backend.quantize["box_head"] is not None
     assert out["permuted", "backend"].quantize["box_head"] is None
     for permuted, plain in zip(out["permuted"], out["plain"]):
@@ -203,6 +206,21 @@ def assert_native_int8_box_head(model_dir, monkeypatch):
     same = np.all(np.abs(probs - float_probs) <= 1e-5, axis=1) & np.all(np.abs(deltas - float_deltas) <= 1e-4, axis=1)
     assert same.mean() >= 0.97, same.mean()
     assert (probs.argmax(1) == float_probs.argmax(1)).mean() >= 0.99
+
+    # the same detections as with OpenVINO writing the maps NHWC itself (as for float graphs)
+    from engine import Engine
+    from engine.backends.openvino_cpu import OpenVinoCpuBackend
+
+    class OpenVinoWritesNhwc(OpenVinoCpuBackend):
+        transpose_features = property(lambda self: False, lambda self, value: None)
+
+    transposed = Engine.load(model_dir, backend="openvino")
+    written = Engine(transposed.model_dir, OpenVinoWritesNhwc(transposed.model_dir))
+    for name in ("coffee", "astronaut"):
+        a, b = (e.predict(photo(name), score_threshold=0.05) for e in (transposed, written))
+        assert len(a) == len(b) > 0
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def float_ops_after_fusion(graph_path, fused_path) -> list[str]:

@@ -138,3 +138,18 @@ def test_quantized_output_is_what_openvinos_fake_quantize_gives():
         aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, quantize=(low, high))
     with pytest.raises(ValueError, match="high > low"):
         aligner.pool_levels([nhwc(feature)], [rois], [0.25], (7, 7), 2, channels_last=True, quantize=(1.0, 1.0))
+
+
+def test_channels_last_copy_of_an_nchw_map():
+    """For maps a runtime writes NCHW (OpenVINO's INT8 dense graph): the same numbers in
+    (1, H, W, C), written into the start of a reused buffer."""
+    rng = np.random.default_rng(17)
+    aligner = roi_align.RoIAligner(2)
+    buffer = np.empty(256 * 50 * 70 + 5, np.float32)
+    for shape in [(1, 256, 50, 70), (1, 70, 13, 9), (1, 3, 1, 1)]:
+        feature = rng.standard_normal(shape).astype(np.float32)
+        view = aligner.channels_last(feature, buffer)
+        assert view.shape == (1, shape[2], shape[3], shape[1]) and np.shares_memory(view, buffer)
+        np.testing.assert_array_equal(view, nhwc(feature))
+    with pytest.raises(ValueError, match="at least"):
+        aligner.channels_last(rng.standard_normal((1, 8, 4, 4)).astype(np.float32), np.empty(127, np.float32))

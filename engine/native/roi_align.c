@@ -224,3 +224,17 @@ int roi_align_nhwc(const float *feat, int64_t height, int64_t width, int64_t cha
     free(weights);
     return status;
 }
+
+/* src: (channels, pixels) float32 (one image of an NCHW map, pixels = H * W); dst: (pixels,
+ * channels), the same map channels-last. Only pixels [p_begin, p_end) are written. In 16 x 16
+ * tiles, so that both the 16 rows read and the 16 rows written stay in L1. */
+void nchw_to_nhwc(const float *src, int64_t channels, int64_t pixels, int64_t p_begin, int64_t p_end, float *dst) {
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += 16) {
+        const int64_t p1 = p0 + 16 < p_end ? p0 + 16 : p_end;
+        for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+            const int64_t c1 = c0 + 16 < channels ? c0 + 16 : channels;
+            for (int64_t p = p0; p < p1; p++)
+                for (int64_t c = c0; c < c1; c++) dst[p * channels + c] = src[c * pixels + p];
+        }
+    }
+}
