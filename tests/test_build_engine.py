@@ -191,7 +191,7 @@ def assert_native_int8_box_head(model_dir, monkeypatch):
     and random weights make those rows move; the rest must be the same. The dense graph's
     maps come out NCHW and are transposed natively: the same detections as OpenVINO's own
     NHWC outputs."""
-    from helpers import box_head_variants, photo
+    from helpers import assert_same_box_head, box_head_variants, photo
 
     out = box_head_variants(model_dir, monkeypatch, {"quantized": (), "permuted": ("quantized_input_head",),
                                                       "plain": ("channels_last_head",)})
@@ -200,9 +200,7 @@ def assert_native_int8_box_head(model_dir, monkeypatch):
     assert backend.transpose_features  # the INT8 dense graph writes NCHW; the native code transposes
     assert backend.channels_last["box_head"] and backend.quantize["box_head"] is not None
     assert out["permuted", "backend"].quantize["box_head"] is None
-    (permuted_probs, permuted_deltas), (plain_probs, plain_deltas) = out["permuted"], out["plain"]
-    np.testing.assert_allclose(permuted_probs, plain_probs, atol=1e-4)  # summed in another order
-    np.testing.assert_allclose(permuted_deltas, plain_deltas, rtol=1e-4, atol=1e-3)
+    assert_same_box_head(out["permuted"], out["plain"])
     (probs, deltas), (float_probs, float_deltas) = out["quantized"], out["permuted"]
     same = np.all(np.abs(probs - float_probs) <= 1e-5, axis=1) & np.all(np.abs(deltas - float_deltas) <= 1e-4, axis=1)
     assert same.mean() >= 0.97, same.mean()

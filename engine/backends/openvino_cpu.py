@@ -42,15 +42,15 @@ POOLINGS = ("native", "graph")  # engine.roi_align, or the head graphs' own RoiA
 # With the native RoIAlign (pooling="native", wherever the package was built with a C
 # compiler) every graph runs on OpenVINO, the heads cut after their RoiAlign (ONNX Runtime
 # cannot run a cut graph without the onnx package at serving time). R50, 2-core AMD EPYC
-# with AVX-512 BF16, 1000 proposals, 100 detections: box head 149 ms FP32, 83 ms BF16
-# (pooling about 10 ms of each; ONNX Runtime's whole box head 218 ms), mask head 485 ms
-# FP32, 253 ms BF16. Under bf16 every graph runs BF16: with the pooling in FP32 the demo
+# with AVX-512 BF16, 1000 proposals, 100 detections: box head 148 ms FP32, 88 ms BF16
+# (pooling 5-8 ms of each; ONNX Runtime's whole box head 225 ms), mask head 486 ms FP32,
+# 262 ms BF16. Under bf16 every graph runs BF16: with the pooling in FP32 the demo
 # model (300 held-out scenes, against ONNX Runtime FP32) keeps 99.35% of detections, box
 # AP -0.0007, mask AP -0.0002. (With the graphs' own RoiAlign, OpenVINO ran it in BF16 too,
 # RoI coordinates included, and mask AP fell 0.013: GRAPH_POOLING_PLANS keeps the heads FP32.)
 PLANS = {precision: {graph: ("openvino", precision) for graph in GRAPHS} for precision in PRECISIONS}
 # INT8 model directories: every graph on OpenVINO, FP32 between the INT8 layers by default
-# (engine.backends.default_precision). Box head 62 ms (pooling 10, FC6 in INT8 35).
+# (engine.backends.default_precision). Box head 54 ms (pooling 8, fc6 in INT8 35).
 QUANTIZED_PLANS = PLANS
 
 # Without the native RoIAlign (pooling="graph"), measured on a 2-core Xeon with AMX:
@@ -73,6 +73,25 @@ GRAPH_POOLING_QUANTIZED_PLANS = {
 }
 
 
+def _pooled_parameter(shape, element_type):
+    """A Parameter "pooled" (its tensor named so too) of `shape`, R (the first) dynamic: the
+    input the native RoIAlign fills."""
+    import openvino as ov
+
+    parameter = ov.opset13.parameter(ov.PartialShape([-1, *shape[1:]]), element_type, name="pooled")
+    parameter.output(0).get_tensor().set_names({"pooled"})
+    return parameter
+
+
+def _with_pooled_input(model, parameter):
+    """`model` rebuilt with `parameter` (now wired in) as its "pooled" input, in place of the
+    one it had."""
+    import openvino as ov
+
+    others = [p for p in model.get_parameters() if p.get_friendly_name() != "pooled"]
+    return ov.Model(model.get_results(), [parameter] + others, model.get_friendly_name())
+
+
 def pooled_head(model, pooled_shape):
     """The head graph `model` (an openvino.Model) cut at its pooled RoI features: the Concat
     of its per-level ROIAlign outputs (or the one ROIAlign) becomes a Parameter "pooled" of
@@ -90,8 +109,7 @@ def pooled_head(model, pooled_shape):
         cut = next(iter(consumers.values()))
     else:
         raise ModelDirError(f"the head graph's ROIAlign outputs feed {sorted(consumers)}, not one Concat")
-    pooled = ov.opset13.parameter(ov.PartialShape([-1, *pooled_shape[1:]]), ov.Type.f32, name="pooled")
-    pooled.output(0).get_tensor().set_names({"pooled"})
+    pooled = _pooled_parameter(pooled_shape, ov.Type.f32)
     cut.output(0).replace(pooled.output(0))
     # the parameters the results still depend on (the dropped RoiAlign nodes still hold their
     # feature and rois_<j> inputs, so "has a consumer" would keep those)
@@ -172,11 +190,9 @@ def channels_last_head(model):
         permuted = ov.opset13.constant(np.take(constant.get_data(), order, axis=axis))
         permuted.set_friendly_name(constant.get_friendly_name())
         constant.output(0).replace(permuted.output(0))
-    channels_last = ov.opset13.parameter(ov.PartialShape([-1, ph, pw, c]), ov.Type.f32, name="pooled")
-    channels_last.output(0).get_tensor().set_names({"pooled"})
+    channels_last = _pooled_parameter((None, ph, pw, c), ov.Type.f32)
     flatten.input(0).replace_source_output(channels_last.output(0))
-    others = [p for p in model.get_parameters() if p.get_friendly_name() != "pooled"]
-    return ov.Model(model.get_results(), [channels_last] + others, model.get_friendly_name())
+    return _with_pooled_input(model, channels_last)
 
 
 def quantized_input_head(model):
@@ -201,12 +217,10 @@ def quantized_input_head(model):
     if (out_low, out_high) != (0.0, 255.0) or not high > low or len(consumers) != 1 or (
             consumers[0].get_type_name() != "Convert" or consumers[0].get_output_element_type(0) != ov.Type.u8):
         return None
-    quantized = ov.opset13.parameter(pooled.get_partial_shape(), ov.Type.u8, name="pooled")
-    quantized.output(0).get_tensor().set_names({"pooled"})
+    quantized = _pooled_parameter(list(pooled.get_partial_shape()), ov.Type.u8)
     reshape = ov.opset13.reshape(quantized, flatten.input(1).get_source_output(), flatten.get_attributes()["special_zero"])
     consumers[0].output(0).replace(reshape.output(0))
-    others = [p for p in model.get_parameters() if p.get_friendly_name() != "pooled"]
-    return ov.Model(model.get_results(), [quantized] + others, model.get_friendly_name()), (low, high)
+    return _with_pooled_input(model, quantized), (low, high)
 
 
 def native_head(model, channels: int, output_size):
@@ -311,7 +325,8 @@ class OpenVinoCpuBackend(Backend):
                 f"(AVX-512 BF16 or AMX); OpenVINO supports {', '.join(supported)} here")
         self.threads = threads or default_threads()
         self.feature_names = list(model_dir.config.features)
-        self.pools = {"box_head": model_dir.config.box_head, "mask_head": model_dir.config.mask_head}
+        # each head's RoIAlign settings (levels, scales, output size); _pools holds infer requests
+        self.head_configs = {"box_head": model_dir.config.box_head, "mask_head": model_dir.config.mask_head}
         self.aligner = roi_align.RoIAligner(self.threads) if native else None
         # An INT8 dense graph computes its feature maps NHWC but OpenVINO writes NHWC outputs
         # through a generic Transpose (R50: 478 against 448 ms for NCHW outputs, and NCHW is
@@ -353,24 +368,24 @@ class OpenVinoCpuBackend(Backend):
 
     def _read(self, core, key: str, path):
         """The graph as OpenVINO compiles it: as exported under pooling="graph"; under "native"
-        the dense graph writes its feature maps NHWC and the heads are cut at their pooled input."""
+        the dense graph writes its feature maps NHWC (a float graph) and the heads are as
+        native_head makes them."""
         import openvino as ov
 
         model = core.read_model(str(path))
-        if self.pooling == "graph":
-            return model
-        if key == "dense" and self.transpose_features:
+        if self.pooling == "graph" or (key == "dense" and self.transpose_features):
             return model
         if key == "dense":
             # Layout conversion of the outputs: OpenVINO's CPU plugin computes in blocked
-            # layouts and reorders its outputs anyway, so NHWC costs what NCHW does.
+            # layouts and reorders its outputs anyway, so NHWC costs what NCHW does (but for
+            # an INT8 graph: transpose_features).
             ppp = ov.preprocess.PrePostProcessor(model)
             for name in self.feature_names:
                 ppp.output(name).model().set_layout(ov.Layout("NCHW"))
                 ppp.output(name).tensor().set_layout(ov.Layout("NHWC"))
             return ppp.build()
         channels = model.input(self.feature_names[0]).get_partial_shape()[1].get_length()
-        head, self.channels_last[key], self.quantize[key] = native_head(model, channels, self.pools[key].output_size)
+        head, self.channels_last[key], self.quantize[key] = native_head(model, channels, self.head_configs[key].output_size)
         self.pooled_shapes[key] = tuple(d.get_length() for d in list(head.input("pooled").get_partial_shape())[1:])
         return head
 
@@ -452,9 +467,9 @@ class OpenVinoCpuBackend(Backend):
         """One run of head `key` ("box_head" or "mask_head") cut at its pooled input: the RoIs
         pooled natively from the NHWC maps straight into the infer request's own input tensor
         ((R, PH, PW, C) for a head that takes it channels-last, else (R, C, PH, PW)), which the
-        request keeps between calls (a fresh 50 MB array per call
-        cost more in page faults than the pooling itself); outputs copied out."""
-        config = self.pools[key]
+        request keeps between calls (a fresh 50 MB array per call cost more in page faults
+        than the pooling itself); outputs copied out."""
+        config = self.head_configs[key]
         request = self._acquire(key)
         try:
             pooled = request.get_tensor("pooled")
