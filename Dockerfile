@@ -67,6 +67,7 @@ RUN cd / \
     && python3 -c "from server.__main__ import bundled_model_dir as b; assert b(), 'demo/model not installed'" \
     && python3 -c "import engine, server.app, onnxruntime, openvino, cv2, falcon, waitress" \
     && python3 -c "from engine import roi_align; assert roi_align.available(), 'native RoIAlign not built'" \
+    && python3 -c "from engine import int8_arithmetic as m; [m.saturates(r) for r in m.RUNTIMES]" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serve
 
 USER 10001

@@ -2,7 +2,7 @@
 """INT8 against FP32 on the demo model's held-out scenes: detection agreement, COCO AP and
 latency, both engines from the same checkpoint and export path.
 
-    python benchmarks/int8_accuracy.py --model-dir demo/model [--scenes 300] [--calib 16]
+    python benchmarks/int8_accuracy.py --model-dir demo/model [--scenes 300] [--calib 16] [--weight-bits 7|8]
     python benchmarks/int8_accuracy.py --checkpoint CKPT [--scenes 300] [--calib 16]
     python benchmarks/int8_accuracy.py --random-r50 [--arch maskrcnn_resnet50_fpn ...]
 
@@ -11,7 +11,8 @@ needed); --checkpoint exports a demo.shapes_model state_dict first. The INT8 dir
 on each CPU backend (onnxruntime-cpu, and openvino where it can run), each against the FP32
 directory on ONNX Runtime. Agreement: of the FP32 engine's detections scoring >= 0.5, the
 fraction that the INT8 engine also returns with the same class and box IoU >= 0.9.
-Calibration uses training-range scenes (never the held-out ones). Writes
+Calibration uses training-range scenes (never the held-out ones). Run it with
+ONEDNN_MAX_CPU_ISA=AVX2 to see OpenVINO as on a CPU without VNNI (engine.int8_arithmetic). Writes
 benchmarks/results/int8_accuracy.json.
 
 --random-r50 measures the same agreement for the seeded random-weight R50 models on
@@ -22,6 +23,7 @@ benchmarks/results/int8_agreement_random_r50.json.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", action="append", help="with --random-r50 (default: v1 and v2)")
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--calib", type=int, default=16)
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=None,
+                        help="INT8 weight range (default: the exporter's, exporter.quantize.WEIGHT_BITS)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     results = ROOT / "benchmarks" / "results"
@@ -103,8 +107,10 @@ def main(argv=None) -> int:
     from demo.shapes import CLASS_NAMES, TRAIN_SEED_START, generate_scene
     from engine import Engine
     from engine.backends import available_backends
-    from exporter.quantize import quantize_graphs
+    from engine.int8_arithmetic import RUNTIMES, saturates
+    from exporter.quantize import WEIGHT_BITS, quantize_graphs
 
+    weight_bits = args.weight_bits or WEIGHT_BITS
     work = Path(tempfile.mkdtemp(prefix="int8-"))
     if args.model_dir is not None:
         fp32_dir = args.model_dir
@@ -120,7 +126,7 @@ def main(argv=None) -> int:
         fp32_dir = export(model, work / "fp32", CLASS_NAMES, mask_paste="aligned", quiet=True)
     calibration = [generate_scene(TRAIN_SEED_START + i).image for i in range(args.calib)]
     shutil.copytree(fp32_dir, work / "int8")
-    quantize_graphs(Path(fp32_dir), work / "int8", calibration, quiet=True)
+    quantize_graphs(Path(fp32_dir), work / "int8", calibration, quiet=True, weight_bits=weight_bits)
     engines = {"fp32 onnxruntime-cpu": Engine.load(fp32_dir, backend="onnxruntime-cpu"),
                "int8 onnxruntime-cpu": Engine.load(work / "int8", backend="onnxruntime-cpu")}
     if available_backends()["openvino"] is None:
@@ -142,6 +148,11 @@ def main(argv=None) -> int:
         "model": f"demo shapes model (aligned paste), from {args.model_dir or args.checkpoint}",
         "scenes": args.scenes,
         "calibration_scenes": args.calib,
+        "weight_bits": weight_bits,
+        # whether each runtime's INT8 products saturate here (engine.int8_arithmetic), and the
+        # oneDNN instruction-set limit that can make OpenVINO's do so on a CPU with VNNI
+        "int8_saturates": {runtime: saturates(runtime) for runtime in RUNTIMES},
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "agreement_with_fp32": agreements,
         "graphs": {name: graph_runtimes(e.backend) for name, e in engines.items()},
         "coco": {k: {"bbox_AP": v["bbox"]["AP"], "segm_AP": v["segm"]["AP"], "segm_AP50": v["segm"]["AP50"]} for k, v in figures.items()},

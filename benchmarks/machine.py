@@ -22,7 +22,7 @@ def cpu_model() -> str:
 
 # the instruction sets the CPU runtimes' speed depends on (FP32 AVX2/AVX-512, INT8 VNNI,
 # BF16 AVX-512 BF16 and AMX), as /proc/cpuinfo names them
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_features() -> list[str]:

@@ -59,6 +59,25 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def int8_report(status: dict, model_dir=None) -> str:
+    """Lines saying whether each CPU runtime's INT8 arithmetic is exact here (engine.int8_arithmetic)
+    and, for an INT8 model directory, what each CPU backend does with its weights."""
+    from . import int8_arithmetic
+    from .model_dir import ModelDir
+
+    runtimes = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino"}
+    lines = [f"INT8 on {runtime}: {int8_arithmetic.describe(runtime)}"
+             for runtime, backend in runtimes.items() if status.get(backend) is None]
+    quantization = ModelDir.open(model_dir, verify_checksums=False).config.quantization if model_dir else None
+    if quantization is not None:
+        lines.append(f"{model_dir}: INT8, {quantization.weight_bits}-bit weights")
+        for runtime, backend in runtimes.items():
+            if status.get(backend) is None and quantization.weight_bits > 7 and int8_arithmetic.saturates(runtime):
+                lines.append(f"  {backend}: " + ("requantizes them to 7 bits at load" if runtime == "openvino" else
+                                                 "would give wrong results here (rebuild with build_engine.py --int8)"))
+    return "\n".join(lines)
+
+
 def cmd_backends(args) -> int:
     status = available_backends(args.model_dir)
     for name, reason in status.items():
@@ -69,6 +88,7 @@ def cmd_backends(args) -> int:
             state += ("; RoIAlign native" if roi_align.available() else
                       "; RoIAlign in the head graphs (the native one was not built: no C compiler at install)")
         print(f"{name:20s} {state}")
+    print(int8_report(status, args.model_dir))
     scope = f" for {args.model_dir}" if args.model_dir else " (without --model-dir: TensorRT plans not checked)"
     print(f"auto picks {choose_backend(status)}{scope}")
     return 0

@@ -302,6 +302,12 @@ class QuantizationConfig(_Section):
     ops: tuple[str, ...]
     fp32_layers: dict[str, list]  # per graph, the nodes left in FP32
     calibration: dict  # {"method": "MinMax", "images": N}
+    # 7: weights in -64..64, whose U8 x S8 products no x86 CPU saturates; 8: -127..127 (what
+    # directories written before the field existed hold; see engine.int8_arithmetic)
+    weight_bits: int = 8
+
+    def check(self) -> None:
+        _require(self.weight_bits in (7, 8), "weight_bits", f"must be 7 or 8, got {self.weight_bits!r}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ Choices (measured on a 2-core AMD EPYC Zen 4 with ORT 1.32):
   demo model keeping them lifted INT8/FP32 agreement from 95.3% to 96.3% (box AP 0.894 ->
   0.898, FP32 0.902). Quantizing the RPN's output convs after all would save ~10 ms of the
   R50 dense graph but gave 95.4%.
+- Weights in 7 bits (-64..64, ONNX Runtime's reduce_range; WEIGHT_BITS): on x86 CPUs without
+  VNNI (AVX2-only, AVX-512 without VNNI) both ONNX Runtime and OpenVINO multiply U8 by S8 with
+  VPMADDUBSW, which adds each two neighbouring products into an int16 and saturates at
+  32767. Full-range weights overflow it (255 * 127 * 2), so results depended on the CPU and
+  even on the order of a layer's input columns (engine.int8_arithmetic). 255 * 64 * 2 =
+  32640 never does: the same integers on every CPU. Cost on the demo model: README, "INT8".
 - Shape nodes read the quantized maps (read_shapes_before_dequantize): -20 ms of DQ.
 - Every conv must reach ORT's integer kernel: shared initializers are given private copies
   first (see materialize_shared_initializers); that took the R50 dense graph from 0.68 to
@@ -39,6 +45,7 @@ from engine.model_config import GRAPHS, GraphFile, GraphFiles, QuantizationConfi
 from engine.model_dir import ModelDir, sha256_of
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+WEIGHT_BITS = 7  # see the module docstring; 8 is ONNX Runtime's full range (-127..127)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
@@ -202,9 +209,13 @@ class _Reader:
         self._iter = iter(self._feeds[start_index:end_index])
 
 
-def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], quiet: bool = False) -> QuantizationConfig:
+def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], quiet: bool = False,
+                    weight_bits: int = WEIGHT_BITS) -> QuantizationConfig:
     """Write INT8 versions of fp32_dir's graphs into out_dir (which holds a copy of fp32_dir)
-    and update out_dir/model.json. Returns the quantization record stored there."""
+    and update out_dir/model.json. Returns the quantization record stored there.
+    weight_bits: 7 (weights in -64..64, exact on every x86 CPU) or 8 (-127..127)."""
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     feeds = collect_feeds(fp32_dir, images)
@@ -230,6 +241,7 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=weight_bits == 7,  # weights only: activations keep 0..255
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"CalibStridedMinMax": 1},
         )
@@ -239,6 +251,7 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
     record = QuantizationConfig(
         precision="int8",
         format="QDQ, U8 activations, S8 per-channel weights",
+        weight_bits=weight_bits,
         ops=tuple(QUANTIZED_OPS),
         fp32_layers=fp32_layers,
         calibration={"method": "MinMax", "images": len(images)},
@@ -248,8 +261,10 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
     return record
 
 
-def export_int8(model, output_dir, class_names, calibration_images: list[np.ndarray], *, overwrite=False, quiet=False, **export_kwargs) -> Path:
-    """Export `model` like `exporter.export`, then quantize its graphs to INT8, atomically."""
+def export_int8(model, output_dir, class_names, calibration_images: list[np.ndarray], *, overwrite=False, quiet=False,
+                weight_bits: int = WEIGHT_BITS, **export_kwargs) -> Path:
+    """Export `model` like `exporter.export`, then quantize its graphs to INT8 (weights in
+    `weight_bits`: quantize_graphs), atomically."""
     import shutil
     import tempfile
 
@@ -266,7 +281,7 @@ def export_int8(model, output_dir, class_names, calibration_images: list[np.ndar
         fp32 = export(model, work / "fp32", class_names, quiet=quiet, **export_kwargs)
         staging = work / "int8"
         shutil.copytree(fp32, staging)
-        quantize_graphs(fp32, staging, calibration_images, quiet=quiet)
+        quantize_graphs(fp32, staging, calibration_images, quiet=quiet, weight_bits=weight_bits)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)

@@ -168,6 +168,15 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
         assert kept and all("pred" in n or "logits" in n for n in kept), kept
         assert set(float_ops_after_fusion(out / f"{graph}.onnx", tmp_path / f"{graph}.fused.onnx")) == kept, graph
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".fused.onnx")) == ["calib", "int8"]
+    # 7-bit weights by default: no U8 x S8 pair overflows an int16 on any CPU (engine.int8_arithmetic)
+    assert config["quantization"]["weight_bits"] == 7
+    weights = [onnx.numpy_helper.to_array(t) for graph in ("dense", "box_head", "mask_head")
+               for t in onnx.load(str(out / f"{graph}.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64
+    eight_bit = export_int8(small_model, tmp_path / "int8-w8", SMALL_CLASSES, load_calibration_images(calib),
+                            quiet=True, weight_bits=8)
+    assert json.loads((eight_bit / "model.json").read_text())["quantization"]["weight_bits"] == 8
+    assert_box_head_arrangements_agree_with_and_without_vnni(out, eight_bit)
     for backend in ("onnxruntime-cpu", "openvino"):  # both CPU backends run the INT8 graphs as INT8
         engine = Engine.load(out, backend=backend)
         assert "int8" in engine.precision, (backend, engine.precision)
@@ -220,6 +229,39 @@ def assert_native_int8_box_head(model_dir, monkeypatch):
         assert len(a) == len(b) > 0
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def assert_box_head_arrangements_agree_with_and_without_vnni(seven_bit, eight_bit):
+    """tests/int8_box_heads.py on both directories, on this CPU and on oneDNN limited to AVX2
+    (no VNNI: U8 x S8 pair sums saturate at int16, as on AVX2-only CPUs). The tolerance is the
+    same everywhere, FP32 rounding between the permuted and the plain box head, because the
+    backend requantizes 8-bit weights to 7 bits where products saturate; without that the
+    8-bit directory's arrangements differed by up to 0.97 in a class probability there."""
+    import subprocess
+    import sys
+
+    from test_int8_arithmetic import AVX2_ONLY, EXACT_FEATURES, cpu_flags
+
+    script = Path(__file__).resolve().parent / "int8_box_heads.py"
+    exact_here = bool(cpu_flags() & EXACT_FEATURES)
+    for env_extra, saturates in (({}, not exact_here), (AVX2_ONLY, True)):
+        result = subprocess.run([sys.executable, str(script), str(seven_bit), str(eight_bit)], capture_output=True,
+                                text=True, env={**os.environ, **env_extra}, timeout=600)
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert result.returncode == 0 and len(rows) == 2, (env_extra, result.stdout, result.stderr[-2000:])
+        assert [row["saturates"] for row in rows] == [saturates, saturates], (env_extra, rows)
+        assert rows[0]["requantized"] == 0, rows  # 7-bit weights: nothing to requantize
+        assert (rows[1]["requantized"] > 0) is saturates, rows
+        assert rows[1]["int8_weights"].endswith("requantized to 7 bits at load") is saturates, rows
+        assert rows[0]["int8_weights"] == ("INT8 products saturate here; the weights are 7-bit: exact" if saturates
+                                           else "INT8 exact here"), rows
+        # `python -m engine backends` says what the openvino backend does with the 8-bit weights
+        listing = subprocess.run([sys.executable, "-m", "engine", "backends", "--model-dir", str(eight_bit)],
+                                 capture_output=True, text=True, env={**os.environ, **env_extra}, cwd=ROOT, timeout=300)
+        assert listing.returncode == 0, listing.stderr
+        assert f"{eight_bit}: INT8, 8-bit weights" in listing.stdout
+        assert ("INT8 on openvino: U8 x S8 products saturate here" in listing.stdout) is saturates, listing.stdout
+        assert ("openvino: requantizes them to 7 bits at load" in listing.stdout) is saturates, listing.stdout
 
 
 def float_ops_after_fusion(graph_path, fused_path) -> list[str]:

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from .. import int8_arithmetic
 from ..errors import ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 from .chunking import run_in_row_passes
@@ -74,6 +75,13 @@ class OnnxRuntimeCpuBackend(Backend):
         self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas
         log.info("onnxruntime %s on the CPU with %d threads", ort.__version__, self.threads)
+        quantization = model_dir.config.quantization
+        if quantization is not None and quantization.weight_bits > 7 and int8_arithmetic.saturates("onnxruntime"):
+            # ONNX Runtime cannot have its weights rewritten without the onnx package (the
+            # openvino backend requantizes them at load): say so rather than serve wrong numbers quietly
+            log.warning("INT8 products saturate on this CPU (no VNNI) and %s has 8-bit weights: ONNX Runtime's "
+                        "results are not the model's here; use --backend openvino, or rebuild with "
+                        "build_engine.py --int8 (7-bit weights)", model_dir.path)
 
     def _value(self, array: np.ndarray):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))

@@ -23,6 +23,7 @@ import queue
 
 import numpy as np
 
+from .. import int8_arithmetic
 from ..errors import BackendUnavailableError, ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 from .chunking import run_in_row_passes
@@ -223,6 +224,64 @@ def quantized_input_head(model):
     return _with_pooled_input(model, quantized), (low, high)
 
 
+def _single_consumer(node):
+    """(node, input index) of `node`'s only consumer, or (None, None)."""
+    targets = list(node.output(0).get_target_inputs())
+    return (targets[0].get_node(), targets[0].get_index()) if len(targets) == 1 else (None, None)
+
+
+def _constant_behind(node):
+    """The Constant that `node` (a Constant, or a Reshape/Convert chain from one, each used
+    only on this path) is, or None."""
+    while node.get_type_name() in ("Reshape", "Convert", "Unsqueeze"):
+        if _single_consumer(node)[0] is None:
+            return None
+        node = node.input(0).get_source_output().get_node()
+    return node if node.get_type_name() == "Constant" and _single_consumer(node)[0] is not None else None
+
+
+def seven_bit_weights(model) -> tuple[int, int]:
+    """Requantize `model`'s 8-bit INT8 weights to 7 bits in place, for a CPU whose INT8 kernels
+    saturate U8 x S8 pair sums (engine.int8_arithmetic): each S8 weight tensor with values
+    beyond +-64 (Constant -> Convert -> [Subtract zero point] -> Multiply scale, the form
+    OpenVINO reads an ONNX DequantizeLinear in) becomes round(w / 2) with its scale doubled.
+    That adds at most half a weight step of rounding, where saturation was unbounded.
+    Returns (requantized, left): tensors rewritten, and 8-bit ones of another form (a
+    non-zero zero point, shared scales) left as they were."""
+    import openvino as ov
+
+    from ..int8_arithmetic import SEVEN_BIT_LIMIT
+
+    requantized = left = 0
+    for constant in [op for op in model.get_ordered_ops()
+                     if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8]:
+        weights = constant.get_data()
+        if weights.size == 0 or int(np.abs(weights.astype(np.int16)).max()) <= SEVEN_BIT_LIMIT:
+            continue
+        convert, _ = _single_consumer(constant)
+        if convert is None or convert.get_type_name() != "Convert":
+            continue  # not a weight's dequantization (a zero point is Convert -> Reshape, and small)
+        node, index = _single_consumer(convert)
+        if node is not None and node.get_type_name() == "Subtract" and index == 0:
+            zero_point = _constant_behind(node.input(1).get_source_output().get_node())
+            if zero_point is None or np.any(zero_point.get_data()):
+                left += 1
+                continue
+            node, index = _single_consumer(node)
+        scale = _constant_behind(node.input(1 - index).get_source_output().get_node()) if (
+            node is not None and node.get_type_name() == "Multiply") else None
+        if scale is None or scale.get_output_element_type(0) != ov.Type.f32:
+            left += 1
+            continue
+        halved = np.clip(np.round(weights.astype(np.float32) / 2), -SEVEN_BIT_LIMIT, SEVEN_BIT_LIMIT).astype(np.int8)
+        for old, data in ((constant, halved), (scale, scale.get_data() * np.float32(2))):
+            new = ov.opset13.constant(data)
+            new.set_friendly_name(old.get_friendly_name())
+            old.output(0).replace(new.output(0))
+        requantized += 1
+    return requantized, left
+
+
 def native_head(model, channels: int, output_size):
     """The head graph `model` as the backend runs it with the native RoIAlign: cut at its
     pooled input (pooled_head), channels-last where it flattens that into a fully connected
@@ -338,6 +397,11 @@ class OpenVinoCpuBackend(Backend):
         self.pooled_shapes: dict[str, tuple[int, int, int]] = {}
         self.channels_last: dict[str, bool] = {}
         self.quantize: dict[str, tuple[float, float] | None] = {}  # head -> its uint8 input's range
+        # On a CPU whose INT8 kernels saturate 8-bit weight products (engine.int8_arithmetic),
+        # the graphs OpenVINO runs get 7-bit weights (seven_bit_weights); requantized: graph ->
+        # (tensors rewritten, 8-bit ones of another form left)
+        self.int8_saturates = quantized and int8_arithmetic.saturates("openvino")
+        self.requantized: dict[str, tuple[int, int]] = {}
         self.compiled, self.precisions, self._ort_sessions = {}, {}, {}
         for key in GRAPHS:
             path = model_dir.graph_path(key)
@@ -363,8 +427,24 @@ class OpenVinoCpuBackend(Backend):
         outputs = [name for out in self.compiled["dense"].outputs for name in list(out.get_names())[:1]]
         self._rpn_logits, self._rpn_deltas = rpn_output_names(outputs)
         self.precision = self._overall_precision()
-        log.info("openvino %s on the CPU with %d threads, RoIAlign %s: %s", ov.__version__, self.threads, self.pooling,
-                 ", ".join(f"{k} {self.runtime_of(k)} {v}" for k, v in self.precisions.items()))
+        log.info("openvino %s on the CPU with %d threads, RoIAlign %s: %s%s", ov.__version__, self.threads, self.pooling,
+                 ", ".join(f"{k} {self.runtime_of(k)} {v}" for k, v in self.precisions.items()),
+                 f"; {self.int8_weights}" if quantized else "")
+        if quantized and self.int8_saturates and (self._ort_sessions or any(left for _, left in self.requantized.values())):
+            log.warning("INT8 products saturate on this CPU and %s keep 8-bit weights: their results are not the "
+                        "model's; rebuild the directory with build_engine.py --int8 (7-bit weights)",
+                        ", ".join(sorted(set(self._ort_sessions) | {k for k, (_, n) in self.requantized.items() if n})))
+
+    @property
+    def int8_weights(self) -> str:
+        """How an INT8 directory's weights run here, for logs and /ping: "exact", or where this
+        CPU saturates 8-bit products, how many weight tensors were requantized to 7 bits."""
+        if not self.int8_saturates:
+            return "INT8 exact here"
+        done = sum(n for n, _ in self.requantized.values())
+        if not done:
+            return "INT8 products saturate here; the weights are 7-bit: exact"
+        return f"INT8 products saturate here: {done} 8-bit weight tensors requantized to 7 bits at load"
 
     def _read(self, core, key: str, path):
         """The graph as OpenVINO compiles it: as exported under pooling="graph"; under "native"
@@ -373,6 +453,8 @@ class OpenVinoCpuBackend(Backend):
         import openvino as ov
 
         model = core.read_model(str(path))
+        if self.int8_saturates:
+            self.requantized[key] = seven_bit_weights(model)
         if self.pooling == "graph" or (key == "dense" and self.transpose_features):
             return model
         if key == "dense":
