@@ -72,7 +72,7 @@ def int8_report(status: dict, model_dir=None) -> str:
     if quantization is not None:
         lines.append(f"{model_dir}: INT8, {quantization.weight_bits}-bit weights")
         for runtime, backend in runtimes.items():
-            if status.get(backend) is None and quantization.weight_bits > 7 and int8_arithmetic.saturates(runtime):
+            if status.get(backend) is None and int8_arithmetic.eight_bit_wrong_here(quantization, runtime):
                 lines.append(f"  {backend}: " + ("requantizes them to 7 bits at load" if runtime == "openvino" else
                                                  "would give wrong results here (rebuild with build_engine.py --int8)"))
     return "\n".join(lines)

@@ -133,7 +133,7 @@ def describe(runtime: str) -> str:
     return "exact here"
 
 
-def widest_weight(values) -> int:
-    """The largest |weight| among int8 weight arrays `values`: above SEVEN_BIT_LIMIT they can
-    saturate where `saturates` is true."""
-    return max((int(np.abs(np.asarray(v, np.int16)).max()) for v in values if np.asarray(v).size), default=0)
+def eight_bit_wrong_here(quantization, runtime: str) -> bool:
+    """Whether an INT8 directory (its model.json `quantization` section, None for a float one)
+    has 8-bit weights that `runtime`'s products saturate on here, left as they are."""
+    return quantization is not None and quantization.weight_bits > 7 and saturates(runtime)

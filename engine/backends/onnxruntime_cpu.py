@@ -75,8 +75,7 @@ class OnnxRuntimeCpuBackend(Backend):
         self._rpn_logits, self._rpn_deltas = rpn_output_names(o.name for o in self.sessions["dense"].get_outputs())
         self._dense_outputs = self.feature_names + self._rpn_logits + self._rpn_deltas
         log.info("onnxruntime %s on the CPU with %d threads", ort.__version__, self.threads)
-        quantization = model_dir.config.quantization
-        if quantization is not None and quantization.weight_bits > 7 and int8_arithmetic.saturates("onnxruntime"):
+        if int8_arithmetic.eight_bit_wrong_here(model_dir.config.quantization, "onnxruntime"):
             # ONNX Runtime cannot have its weights rewritten without the onnx package (the
             # openvino backend requantizes them at load): say so rather than serve wrong numbers quietly
             log.warning("INT8 products saturate on this CPU (no VNNI) and %s has 8-bit weights: ONNX Runtime's "

@@ -250,13 +250,12 @@ def seven_bit_weights(model) -> tuple[int, int]:
     non-zero zero point, shared scales) left as they were."""
     import openvino as ov
 
-    from ..int8_arithmetic import SEVEN_BIT_LIMIT
-
+    limit = int8_arithmetic.SEVEN_BIT_LIMIT
     requantized = left = 0
     for constant in [op for op in model.get_ordered_ops()
                      if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8]:
         weights = constant.get_data()
-        if weights.size == 0 or int(np.abs(weights.astype(np.int16)).max()) <= SEVEN_BIT_LIMIT:
+        if weights.size == 0 or int(np.abs(weights.astype(np.int16)).max()) <= limit:
             continue
         convert, _ = _single_consumer(constant)
         if convert is None or convert.get_type_name() != "Convert":
@@ -273,7 +272,7 @@ def seven_bit_weights(model) -> tuple[int, int]:
         if scale is None or scale.get_output_element_type(0) != ov.Type.f32:
             left += 1
             continue
-        halved = np.clip(np.round(weights.astype(np.float32) / 2), -SEVEN_BIT_LIMIT, SEVEN_BIT_LIMIT).astype(np.int8)
+        halved = np.clip(np.round(weights.astype(np.float32) / 2), -limit, limit).astype(np.int8)
         for old, data in ((constant, halved), (scale, scale.get_data() * np.float32(2))):
             new = ov.opset13.constant(data)
             new.set_friendly_name(old.get_friendly_name())
@@ -430,15 +429,20 @@ class OpenVinoCpuBackend(Backend):
         log.info("openvino %s on the CPU with %d threads, RoIAlign %s: %s%s", ov.__version__, self.threads, self.pooling,
                  ", ".join(f"{k} {self.runtime_of(k)} {v}" for k, v in self.precisions.items()),
                  f"; {self.int8_weights}" if quantized else "")
-        if quantized and self.int8_saturates and (self._ort_sessions or any(left for _, left in self.requantized.values())):
+        # graphs left with 8-bit weights where products saturate: on ONNX Runtime (pooling="graph"
+        # plans), or of a form seven_bit_weights does not rewrite
+        wrong = {k for k, (_, left) in self.requantized.items() if left}
+        if self._ort_sessions and int8_arithmetic.eight_bit_wrong_here(model_dir.config.quantization, "onnxruntime"):
+            wrong |= set(self._ort_sessions)
+        if wrong:
             log.warning("INT8 products saturate on this CPU and %s keep 8-bit weights: their results are not the "
                         "model's; rebuild the directory with build_engine.py --int8 (7-bit weights)",
-                        ", ".join(sorted(set(self._ort_sessions) | {k for k, (_, n) in self.requantized.items() if n})))
+                        ", ".join(sorted(wrong)))
 
     @property
     def int8_weights(self) -> str:
-        """How an INT8 directory's weights run here, for logs and /ping: "exact", or where this
-        CPU saturates 8-bit products, how many weight tensors were requantized to 7 bits."""
+        """How an INT8 directory's weights run here, for the log line: exact, or where this CPU
+        saturates 8-bit products, how many weight tensors were requantized to 7 bits."""
         if not self.int8_saturates:
             return "INT8 exact here"
         done = sum(n for n, _ in self.requantized.values())
