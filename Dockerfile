@@ -25,12 +25,13 @@ ARG BASE_IMAGE=python:3.11-slim
 # Stage 1: the venv, built with pip. The sources and pip's work stay in this stage.
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# A C compiler for the native RoIAlign (engine/native/roi_align.c, a plain C library: no
-# Python headers needed), in this stage only: the serving image gets the built library, not
-# the compiler. Debian-based images (the default and docker/base-image.sh's) take it from apt.
-RUN if ! command -v gcc >/dev/null 2>&1; then \
+# C and C++ compilers for the native libraries (engine/native: the RoIAlign, plain C, and
+# torch's tie orders, C++; no Python headers needed), in this stage only: the serving image
+# gets the built libraries, not the compilers. Debian-based images (the default and
+# docker/base-image.sh's) take them from apt.
+RUN if ! command -v gcc >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then \
         apt-get update -q \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc g++ libc6-dev \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 RUN python3 -m venv /opt/venv
@@ -67,6 +68,7 @@ RUN cd / \
     && python3 -c "from server.__main__ import bundled_model_dir as b; assert b(), 'demo/model not installed'" \
     && python3 -c "import engine, server.app, onnxruntime, openvino, cv2, falcon, waitress" \
     && python3 -c "from engine import roi_align; assert roi_align.available(), 'native RoIAlign not built'" \
+    && python3 -c "from engine import torch_kernels; assert torch_kernels.available(), 'native torch_kernels not built'" \
     && python3 -c "from engine import int8_arithmetic as m; [m.saturates(r) for r in m.RUNTIMES]" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serve
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .torch_kernels import sort_descending
+
 # torchvision.models.detection._utils: BoxCoder's default clamp of dw/dh before exp()
 DEFAULT_BBOX_XFORM_CLIP = float(np.log(1000.0 / 16))
 
@@ -106,7 +108,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """Greedy NMS like torchvision.ops.nms: indices kept, by decreasing score.
 
     A box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold (the
-    C++ kernel compares a float IoU with a double threshold; so does _overlaps_above).
+    C++ kernel compares a float IoU with a double threshold; so does _overlaps_above). Equal
+    scores keep their input order: the kernel sorts stably.
     """
     n = boxes.shape[0]
     if n == 0:
@@ -128,7 +131,8 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, iou_thr
 
     torchvision switches strategy on size, and the two can differ in the last bit of an
     IoU, so we switch the same way: above 4000 coordinates, NMS per category then a sort
-    by score; otherwise one NMS over boxes offset per category.
+    by score (torch.sort, whose order among equal scores engine.torch_kernels reproduces);
+    otherwise one NMS over boxes offset per category.
     """
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
@@ -138,7 +142,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, idxs: np.ndarray, iou_thr
             members = np.flatnonzero(idxs == category)
             keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
         kept = np.flatnonzero(keep_mask)
-        return kept[np.argsort(-scores[kept], kind="stable")]
+        return kept[sort_descending(scores[kept])]
     max_coordinate = boxes.max()
     offsets = idxs.astype(np.float32) * (max_coordinate + np.float32(1))
     return nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -2,7 +2,9 @@
 
 Order of operations (torchvision, eval): per level top-k objectness logits -> decode those
 anchors -> sigmoid -> clip to the resized image -> drop boxes under min_size -> drop scores
-under score_thresh (>=) -> NMS per level -> keep the post_nms_top_n best.
+under score_thresh (>=) -> NMS per level -> keep the post_nms_top_n best. The top-k order
+and the sigmoid are torch's own (engine.torch_kernels): equal scores are common, and their
+order decides which of two overlapping proposals NMS keeps.
 """
 
 from __future__ import annotations
@@ -12,14 +14,7 @@ import numpy as np
 from .anchors import level_anchors
 from .box_ops import batched_nms, clip_boxes, decode_boxes, remove_small_boxes
 from .model_config import RpnConfig
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores, in decreasing order (ties: lower index first)."""
-    if k >= scores.shape[0]:
-        return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.lexsort((part, -scores[part]))]
+from .torch_kernels import sigmoid, topk_indices
 
 
 def flatten_rpn_outputs(logits: np.ndarray, deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,13 +43,13 @@ def select_proposals(rpn_logits, rpn_deltas, padded_size, resized_size, rpn: Rpn
         anchors = level_anchors(
             logits.shape[2:], padded_size, rpn.anchor_sizes[level], rpn.aspect_ratios[level]
         )
-        top = top_k_indices(flat_logits, min(rpn.pre_nms_top_n, flat_logits.shape[0]))
+        top = topk_indices(flat_logits, min(rpn.pre_nms_top_n, flat_logits.shape[0]))
         boxes.append(decode_boxes(flat_deltas[top], anchors[top], rpn.box_coder_weights, rpn.bbox_xform_clip))
         scores.append(flat_logits[top])
         levels.append(np.full(top.shape[0], level, np.int64))
     boxes = clip_boxes(np.concatenate(boxes), resized_size)
     logits = np.concatenate(scores)
-    probs = (np.float32(1) / (np.float32(1) + np.exp(-logits))).astype(np.float32)
+    probs = sigmoid(logits)
     levels = np.concatenate(levels)
 
     keep = remove_small_boxes(boxes, rpn.min_size)
