@@ -11,7 +11,14 @@ torch needed when the model directory exists):
     python build_engine.py --tensorrt --fp16 --output models/coco-v1
     python build_engine.py --tensorrt --fp16 --from-model-dir /opt/ml/model --output /tmp/model --if-missing
 
-Custom models go through the same path from Python:
+Your own Mask R-CNN: any checkpoint layout (train.py's, DDP's "module.", torch.compile's,
+Lightning's, .safetensors), another torchvision FPN backbone, the settings you trained with:
+
+    python build_engine.py --weights checkpoint.pth --class-names names.txt --output models/mine
+    python build_engine.py --backbone mobilenet_v3_large --weights model.pth --class-names names.txt \
+        --model-kwargs '{"min_size": 480, "rpn_anchor_generator": {"sizes": [[32, 64, 128, 256, 512]] }}' ...
+
+Models built in code go through the same path from Python:
 
     from build_engine import export
     export(my_maskrcnn, "models/mine", ["__background__", "cat", "dog"])
@@ -26,6 +33,10 @@ from pathlib import Path
 
 from engine.named_models import ARCHS  # torch-free, like the --tensorrt path
 
+# torchvision's FPN backbones (exporter.weights.BACKBONES, repeated here: --help needs no torch)
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+             "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v3_large", "mobilenet_v3_small")
+
 try:
     from exporter import export  # noqa: F401  (re-exported: the Python entry point)
 except ImportError:  # no torch (the GPU image): only --tensorrt on an existing model directory
@@ -37,13 +48,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="build_engine.py",
         description="Export a torchvision Mask R-CNN to a model directory (ONNX graphs + model.json).",
     )
-    parser.add_argument("--arch", choices=ARCHS, default=ARCHS[0], help="architecture (default %(default)s)")
+    parser.add_argument("--arch", choices=ARCHS, help=f"one of torchvision's two presets (default {ARCHS[0]})")
+    parser.add_argument("--backbone", choices=BACKBONES, metavar="NAME",
+                        help="instead of --arch: MaskRCNN(backbone, ...) with its own heads on torchvision's FPN "
+                        "backbone NAME (resnet_fpn_backbone: resnet18/34/50/101/152, resnext50_32x4d, "
+                        "resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2; "
+                        "mobilenet_backbone(fpn=True): mobilenet_v3_large, mobilenet_v3_small)")
+    parser.add_argument("--model-kwargs", metavar="JSON_OR_FILE",
+                        help="the MaskRCNN keyword arguments you trained with, as JSON or a JSON file: min_size, "
+                        "max_size, image_mean, image_std, rpn_*, box_*, box_detections_per_img, bbox_reg_weights, "
+                        "size_divisible; rpn_anchor_generator as {\"sizes\": [[...], ...], \"aspect_ratios\": "
+                        "[[...], ...]}; box_roi_pool / mask_roi_pool as {\"featmap_names\": [...], "
+                        "\"output_size\": N, \"sampling_ratio\": N}")
     parser.add_argument(
         "--weights",
         default="coco",
         help="'coco' (torchvision's COCO weights, downloaded through torchvision), "
-        "'random' (seeded random weights, for tests and benchmarks) or PATH to a state_dict file",
+        "'random' (seeded random weights, for tests and benchmarks) or PATH to a checkpoint: a state_dict, "
+        "a training checkpoint holding one (train.py's, Lightning's, ...; prefixes such as 'module.' removed) "
+        "or a .safetensors file",
     )
+    parser.add_argument("--weights-key", metavar="KEY",
+                        help="the checkpoint key (or key prefix) that holds the weights, e.g. model_ema "
+                        "(default: the state_dict itself, else 'model', 'state_dict', 'model_state_dict')")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="also load a whole pickled model (torch.save(model)). UNSAFE: unpickling runs any "
+                        "code the file names; only for files you made or trust. Without it, weights load with "
+                        "torch.load(weights_only=True)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random (default %(default)s)")
     parser.add_argument("--output", required=True, type=Path, help="model directory to write")
     parser.add_argument(
@@ -114,6 +145,10 @@ def build_tensorrt(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.arch and args.backbone:
+        print("error: give --arch (a preset) or --backbone (MaskRCNN on that backbone), not both", file=sys.stderr)
+        return 2
+    args.arch = args.arch or ARCHS[0]
     if args.int8 and not args.calib_images:
         print("error: --int8 needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
         return 2
@@ -135,26 +170,47 @@ def export_model_dir(args, quantize: bool) -> int:
     except ImportError:
         print("error: build_engine.py needs torch: pip install '.[export]'", file=sys.stderr)
         return 2
-    from exporter.weights import WeightsError, coco_class_names, coco_model, file_model, random_model, set_resize_rule
+    from exporter.model_kwargs import parse_model_kwargs
+    from exporter.weights import (WeightsError, architecture_name, coco_class_names, coco_model, file_model,
+                                  random_model, set_resize_rule)
 
     try:
-        class_names = read_class_names(args.class_names) if args.class_names else coco_class_names()
+        model_kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs else {}
+        if args.min_size and "min_size" in model_kwargs:
+            raise ValueError("give min_size once: --min-size or --model-kwargs")
+        class_names = read_class_names(args.class_names) if args.class_names else None
+        arch = architecture_name(args.arch, args.backbone)
         # nothing printed before the weights are in hand: offline, --weights coco is one line
         if args.weights == "coco":
+            if args.backbone or model_kwargs:
+                raise ValueError("--weights coco is torchvision's preset as published: no --backbone or --model-kwargs")
             model = coco_model(args.arch)
             info = {"source": "torchvision-coco", "trained": True}
         elif args.weights == "random":
-            model = random_model(args.arch, args.seed, num_classes=len(class_names))
+            model = random_model(args.arch, args.seed, num_classes=len(class_names or coco_class_names()),
+                                 backbone=args.backbone, model_kwargs=model_kwargs)
             info = {"source": "random", "seed": args.seed, "trained": False}
         else:
             from exporter import sha256_of
 
-            model = file_model(args.arch, Path(args.weights), num_classes=len(class_names))
-            info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)), "trained": True}
-        print(f"exporting {args.arch} with {args.weights} weights...", file=sys.stderr, flush=True)
+            model, layout = file_model(args.arch, Path(args.weights), len(class_names) if class_names else None,
+                                       backbone=args.backbone, model_kwargs=model_kwargs,
+                                       weights_key=args.weights_key, trust_pickle=args.trust_pickle)
+            info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)),
+                    "layout": layout, "trained": True}
+            if args.trust_pickle and "whole" in layout:  # its own configuration, whatever --arch says
+                arch = "custom"
+        if class_names is None:
+            class_names = coco_class_names()
+            found = model.roi_heads.box_predictor.cls_score.out_features
+            if found != len(class_names):
+                raise ValueError(f"the model has {found} classes (background included): name them with "
+                                 f"--class-names FILE ({found} lines, background first)")
+        info.update(backbone=args.backbone or ("resnet50" if arch in ARCHS else None), model_kwargs=model_kwargs or None)
+        print(f"exporting {arch} with {args.weights} weights...", file=sys.stderr, flush=True)
         if args.min_size:
             set_resize_rule(model, args.min_size, args.max_size)
-        options = dict(name=args.name, arch=args.arch, weights_info=info, overwrite=args.force)
+        options = dict(name=args.name, arch=arch, weights_info=info, overwrite=args.force)
         if quantize:
             from exporter.quantize import export_int8, load_calibration_images
 

@@ -3,10 +3,13 @@
     python -m engine predict [--model-dir DIR | --model coco-v1] [--backend B] [--precision P]
                              photo.jpg [--json | --out segmented.jpg]
     python -m engine backends [--model-dir DIR]
+    python -m engine info DIR [--json]
 
 Without --model-dir, `predict` uses the same model as `serve`: $SM_MODEL_DIR, else
 /opt/ml/model, else the bundled demo model; it says which on stderr. `--model coco-v1` is
 `serve --model coco-v1`'s model directory (built on first use, see engine.named_models).
+`info` says what a model directory holds (classes, resize rule, RPN and head settings,
+precision, provenance) from its model.json, without loading a graph (engine.model_info).
 """
 
 from __future__ import annotations
@@ -94,6 +97,19 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .model_dir import ModelDir
+    from .model_info import describe, model_info
+
+    info = model_info(ModelDir.open(args.model_dir))  # checks the files and their sha256, as Engine.load does
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(describe(info))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +134,10 @@ def main(argv=None) -> int:
     backends = sub.add_parser("backends", help="list inference backends and whether they can run here")
     backends.add_argument("--model-dir", type=Path, help="also check this model directory's TensorRT plans")
     backends.set_defaults(func=cmd_backends)
+    info = sub.add_parser("info", help="say what a model directory holds (read from model.json; nothing is loaded)")
+    info.add_argument("model_dir", type=Path, metavar="DIR", help="directory written by build_engine.py")
+    info.add_argument("--json", action="store_true", help="print it as JSON")
+    info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
     if getattr(args, "weights", None) and not args.model:
         parser.error("--weights goes with --model")

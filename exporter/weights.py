@@ -1,4 +1,10 @@
-"""Building torchvision Mask R-CNN models with COCO, file or seeded random weights."""
+"""Building torchvision Mask R-CNN models with COCO, file or seeded random weights.
+
+A model is one of the two presets (`arch`) or MaskRCNN on one of torchvision's FPN
+backbones (`backbone`, BACKBONES), with the keyword arguments it was trained with
+(exporter.model_kwargs); the box and mask predictors take their sizes from the weights, so
+the fine-tuning tutorial's replaced predictors (any hidden layer, any class count) fit.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,16 @@ import torch
 
 # torch-free, so `serve --model` shares them: the architectures, the download probe and its message
 from engine.named_models import ARCHS, download_hint, unreachable_reason, url_file_name
+
+from .checkpoints import read_checkpoint
+from .model_kwargs import maskrcnn_kwargs
+
+# torchvision's FPN backbones: resnet_fpn_backbone's ...
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+# ... and mobilenet_backbone(..., fpn=True)'s
+MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
+BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
 
 
 class WeightsError(Exception):
@@ -66,29 +82,83 @@ def coco_model(arch: str):
                            f"or download that file elsewhere and pass --weights PATH") from None
 
 
-def file_model(arch: str, path: Path, num_classes: int | None = None):
-    """The architecture with a torchvision Mask R-CNN `state_dict` file.
+def architecture_name(arch: str, backbone: str | None) -> str:
+    """The tag model.json records: the preset's name, or maskrcnn_<backbone>_fpn."""
+    return f"maskrcnn_{backbone}_fpn" if backbone else arch
+
+
+def fpn_backbone(name: str):
+    """torchvision's FPN backbone `name` without weights, as a user who trained on it built it
+    (FrozenBatchNorm2d, torchvision's default returned layers and extra max-pool level)."""
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+
+    if name in RESNET_BACKBONES:
+        return resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=5)
+    if name in MOBILENET_BACKBONES:
+        return mobilenet_backbone(backbone_name=name, weights=None, fpn=True, trainable_layers=6)
+    raise WeightsError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def build_model(arch: str, num_classes: int, backbone: str | None = None, model_kwargs: dict | None = None):
+    """An untrained MaskRCNN: the preset `arch`, or MaskRCNN(fpn_backbone(backbone), ...) with
+    its own heads; `model_kwargs` is exporter.model_kwargs.parse_model_kwargs' result."""
+    from torchvision.models.detection import MaskRCNN
+
+    kwargs = maskrcnn_kwargs(model_kwargs or {})
+    try:
+        if backbone:
+            return MaskRCNN(fpn_backbone(backbone), num_classes=num_classes, **kwargs)
+        return _builder(arch)(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    except (ValueError, TypeError, AssertionError) as exc:  # e.g. anchors for 3 levels on a 5-level FPN
+        raise WeightsError(f"cannot build {architecture_name(arch, backbone)} with these settings: {exc}") from None
+
+
+def fit_predictors(model, state: dict) -> None:
+    """Give `model` box and mask predictors of the sizes `state` has (the fine-tuning tutorial
+    replaces both: FastRCNNPredictor(in, classes), MaskRCNNPredictor(in, hidden, classes))."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    heads = model.roi_heads
+    cls = state.get("roi_heads.box_predictor.cls_score.weight")
+    if cls is not None and cls.ndim == 2 and tuple(cls.shape) != tuple(heads.box_predictor.cls_score.weight.shape):
+        heads.box_predictor = FastRCNNPredictor(int(cls.shape[1]), int(cls.shape[0]))
+    up = state.get("roi_heads.mask_predictor.conv5_mask.weight")  # ConvTranspose2d: (in, hidden, 2, 2)
+    logits = state.get("roi_heads.mask_predictor.mask_fcn_logits.weight")  # (classes, hidden, 1, 1)
+    if up is not None and logits is not None and up.ndim == 4 and logits.ndim == 4 and (
+            tuple(up.shape) != tuple(heads.mask_predictor.conv5_mask.weight.shape)
+            or tuple(logits.shape) != tuple(heads.mask_predictor.mask_fcn_logits.weight.shape)):
+        heads.mask_predictor = MaskRCNNPredictor(int(up.shape[0]), int(up.shape[1]), int(logits.shape[0]))
+
+
+def file_model(arch: str, path: Path, num_classes: int | None = None, backbone: str | None = None,
+               model_kwargs: dict | None = None, weights_key: str | None = None, trust_pickle: bool = False):
+    """(model, layout): the architecture with the weights in checkpoint file `path`
+    (exporter.checkpoints reads every layout; `layout` says which it found).
 
     Published torchvision checkpoints use FrozenBatchNorm2d (no `num_batches_tracked`
     buffers); a model built without weights has BatchNorm2d, which only adds those buffers,
     so their absence is the one mismatch tolerated. Anything else is an error listing keys.
+    A whole pickled MaskRCNN (trust_pickle only) is its own configuration and is returned as it is.
     """
+    from torchvision.models.detection import MaskRCNN
+
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # training checkpoints often nest the state_dict
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state_dict (got {type(state).__name__})")
+    checkpoint = read_checkpoint(path, weights_key=weights_key, trust_pickle=trust_pickle)
+    if isinstance(checkpoint.model, MaskRCNN):
+        if backbone or model_kwargs:
+            raise WeightsError(f"{path} is a whole MaskRCNN, which carries its own configuration: "
+                               f"drop --backbone and --model-kwargs")
+        return checkpoint.model.eval(), checkpoint.layout
+    state = checkpoint.state_dict if checkpoint.model is None else checkpoint.model.state_dict()
     cls_key = "roi_heads.box_predictor.cls_score.weight"
     if num_classes is None:
         num_classes = int(state[cls_key].shape[0]) if cls_key in state else 91
-    model = _builder(arch)(weights=None, weights_backbone=None, num_classes=num_classes)
+    model = build_model(arch, num_classes, backbone, model_kwargs)
+    fit_predictors(model, state)
     expected = model.state_dict()
+    # BatchNorm2d's step counters, where the model has FrozenBatchNorm2d (resnet_fpn_backbone's)
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")}
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
@@ -102,9 +172,9 @@ def file_model(arch: str, path: Path, num_classes: int | None = None):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
-        raise WeightsError(f"{path} does not fit {arch}: " + "; ".join(parts))
+        raise WeightsError(f"{path} does not fit {architecture_name(arch, backbone)}: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
-    return model
+    return model.eval(), checkpoint.layout
 
 
 def set_resize_rule(model, min_size: int, max_size: int | None = None):
@@ -116,18 +186,24 @@ def set_resize_rule(model, min_size: int, max_size: int | None = None):
     return model
 
 
-def random_model(arch: str, seed: int, num_classes: int = 91):
+def random_model(arch: str, seed: int, num_classes: int = 91, backbone: str | None = None,
+                 model_kwargs: dict | None = None):
     """The architecture with seeded random weights, for tests and benchmarks.
 
     torchvision's own initialisation gives class logits of std ~0.01, so every score is
-    ~1/num_classes and nothing clears any threshold: a useless test subject. We re-draw the
-    box classifier so that class scores spread out (some above 0.9), the RPN objectness so
-    proposals are ranked, and the normalisation statistics so features are not all alike.
-    The result is untrained and says so in model.json.
+    ~1/num_classes and nothing clears any threshold: a useless test subject. For the presets
+    we re-draw the box classifier so that class scores spread out (some above 0.9), the RPN
+    objectness so proposals are ranked, and the normalisation statistics so features are not
+    all alike. Other backbones (MobileNetV3's FrozenBatchNorm2d and squeeze-excitation shrink
+    activations a hundredfold per stage) are scaled layer by layer instead
+    (scale_activations). The result is untrained and says so in model.json.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = _builder(arch)(weights=None, weights_backbone=None, num_classes=num_classes)
+    model = build_model(arch, num_classes, backbone, model_kwargs)
+    if backbone:
+        scale_activations(model.eval(), generator)
+        return model.eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -141,15 +217,57 @@ def random_model(arch: str, seed: int, num_classes: int = 91):
     return model.eval()
 
 
-def spread_class_scores(model, generator, logit_std: float = 2.0) -> None:
-    """Re-draw the box classifier around the box-head features of a seeded calibration image.
+def calibration_image(generator, height: int = 480, width: int = 640) -> torch.Tensor:
+    """(3, H, W) in [0, 1]: random blocks at two scales, stretched to full contrast, so its
+    statistics reach a network's deep layers roughly as a photo's do (a smooth image leaves
+    them a hundred times weaker)."""
+    octaves = [torch.nn.functional.interpolate(torch.rand(1, 3, height // k, width // k, generator=generator),
+                                               size=(height, width), mode="nearest")[0] for k in (8, 32)]
+    image = sum(octaves)
+    return (image - image.min()) / (image.max() - image.min())
+
+
+def scale_activations(model, generator, image: torch.Tensor | None = None) -> None:
+    """Make a randomly initialised MaskRCNN a useful test subject: every convolution and
+    linear layer rescaled so its output has unit spread on `image` (layer by layer, in one
+    forward pass), the RPN's box deltas small, the box classifier spread by spread_class_scores."""
+    image = calibration_image(generator) if image is None else image
+
+    def unit_spread(module, inputs, output):
+        spread = output.std().clamp_min(1e-6)
+        module.weight.div_(spread)
+        if module.bias is not None:
+            module.bias.div_(spread)
+        return output / spread
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [layer.register_forward_hook(unit_spread) for layer in layers]
+    try:
+        with torch.no_grad():
+            model.eval()([image])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        head = model.rpn.head
+        head.bbox_pred.weight.mul_(0.1)
+        head.bbox_pred.bias.mul_(0.1)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.01, generator=generator)
+        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
+        spread_class_scores(model, generator, image=image, logit_std=0.5)
+
+
+def spread_class_scores(model, generator, logit_std: float = 2.0, image: torch.Tensor | None = None) -> None:
+    """Re-draw the box classifier around the box-head features of a calibration image
+    (default: a seeded smooth random one).
 
     Centring on the mean feature and scaling by the features' spread makes the class
     decision depend on each RoI (not on a shared offset), so a random model still yields
     detections of many classes with scores spread over (0, 1).
     """
-    smooth = torch.rand(1, 3, 30, 40, generator=generator)
-    image = torch.nn.functional.interpolate(smooth, size=(480, 640), mode="bilinear")[0]
+    if image is None:
+        smooth = torch.rand(1, 3, 30, 40, generator=generator)
+        image = torch.nn.functional.interpolate(smooth, size=(480, 640), mode="bilinear")[0]
     captured = {}
     hook = model.roi_heads.box_head.register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
     try:

@@ -30,7 +30,7 @@ from .config import ServerConfig
 from .errors import BadRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
 from .inference import InferenceExecutor, InferenceTimeoutError, MemoryBudget, MemoryBudgetError, QueueFullError
 from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_type,
-                          parse_custom_attributes, request_image_type)
+                          parse_custom_attributes, request_image_type, selectable_classes)
 from .responses import run_invocation
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,12 @@ class PingResource:
         engine = self._slot.engine
         if engine is None:
             raise ServiceUnavailable("model is loading", self._config.retry_after_s)
+        # classes: what the `classes` custom attribute accepts, so that a client (the web page)
+        # can offer a class filter for whatever model is served; a short list, built here
+        # from the engine's names without touching the inference queue.
         resp.media = {"status": "ok", "model": engine.model_name, "backend": engine.backend_name,
-                      "precision": engine.precision, "demo": engine.demo}
+                      "precision": engine.precision, "demo": engine.demo,
+                      "classes": selectable_classes(engine.class_names)}
         if engine.demo:  # what the page shows, and what a person reading /ping should know
             resp.media["notice"] = demo_notice(engine.class_names)
 

@@ -4,6 +4,8 @@
 * `choose_response_type(accept, response_type, default)`: the seed's rule, Accept first.
 * `parse_custom_attributes(header, class_names)`: X-Amzn-SageMaker-Custom-Attributes ->
   a typed `RequestOptions` (400 naming the key, and the expected type, on a bad value).
+* `selectable_classes(class_names)`: the names a `classes` filter is meant to use (/ping
+  lists them for clients such as the web page).
 """
 
 from __future__ import annotations
@@ -211,6 +213,13 @@ def parse_custom_attributes(header: str | None, class_names: list[str]) -> Reque
     return RequestOptions(**kw)
 
 
+def selectable_classes(class_names) -> list[str]:
+    """The model's class names a client can filter on, in the model's order, each once:
+    index 0 is the background (torchvision's rule) and "N/A" entries are gaps in
+    torchvision's COCO numbering, never detected, so neither is worth offering."""
+    return list(dict.fromkeys(n for n in list(class_names)[1:] if n not in _PLACEHOLDER_CLASSES))
+
+
 def _as_json(value, limit: int = 80) -> str:
     """A value as the client wrote it (JSON: true, "cat"), cut short if long."""
     text = json.dumps(value)
@@ -234,12 +243,10 @@ def _class_ids(names: list[str], class_names: list[str]) -> tuple[int, ...]:
     for index, name in enumerate(class_names):
         exact.setdefault(name, []).append(index)
         folded.setdefault(name.casefold(), []).append(index)
-    ids = set()
-    for name in names:
-        found = exact.get(name) or folded.get(name.casefold())
-        if not found:
-            examples = [n for n in class_names if n not in _PLACEHOLDER_CLASSES][:5]
-            raise BadRequest(f"classes: unknown class {name!r}; this model knows "
-                             f"{len(class_names)} classes (e.g. {', '.join(examples)})")
-        ids.update(found)
-    return tuple(sorted(ids))
+    found = [exact.get(name) or folded.get(name.casefold()) for name in names]
+    unknown = [name for name, ids in zip(names, found) if not ids]
+    if unknown:
+        # every unknown name at once, and the full list to pick from (as /ping gives it)
+        raise BadRequest(f"classes: unknown class names {json.dumps(unknown)}; this model's classes "
+                         f"are {json.dumps(selectable_classes(class_names))}")
+    return tuple(sorted({i for ids in found for i in ids}))

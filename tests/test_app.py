@@ -19,7 +19,7 @@ from server import EngineSlot, ServerConfig, create_app
 from server.app import read_body
 from server.config import MIB
 from server.errors import PayloadTooLarge
-from server_fixtures import CA, JSON, JPEG, PNG, post, assert_error, drawn_image, encode_pil
+from server_fixtures import CA, JSON, JPEG, PNG, FakeEngine, post, assert_error, drawn_image, encode_pil
 from server_fixtures import engine, client, jpeg_body  # noqa: F401  (fixtures)
 
 
@@ -196,9 +196,38 @@ def test_ping_and_execution_parameters(engine):
     config = ServerConfig(workers=2, max_body_bytes=20 * MIB)
     client = falcon.testing.TestClient(create_app(engine, config))
     assert client.simulate_get("/ping").json == {"status": "ok", "model": "fake-maskrcnn", "backend": "fake",
-                                                 "precision": "fp32", "demo": False}
+                                                 "precision": "fp32", "demo": False,
+                                                 "classes": ["person", "cat", "dog", "traffic light"]}
     assert client.simulate_get("/execution-parameters").json == {
         "MaxConcurrentTransforms": 2, "BatchStrategy": "SingleRecord", "MaxPayloadInMB": 20}
+
+
+def test_ping_lists_the_served_models_own_classes_for_the_class_filter(jpeg_body):
+    # A user's model: index 0 is the background whatever its name; "N/A" gaps and a name
+    # given twice are offered once or not at all, in the model's order.
+    engine = FakeEngine(["background", "pedestrian", "N/A", "cyclist", "__background__", "pedestrian"])
+    client = falcon.testing.TestClient(create_app(engine, ServerConfig()))
+    classes = client.simulate_get("/ping").json["classes"]
+    assert classes == ["pedestrian", "cyclist"]
+    # every listed name is one the class filter accepts
+    assert post(client, jpeg_body, attrs={"classes": classes}).status_code == 200
+    assert engine.calls[-1]["class_ids"] == [1, 3, 5]
+
+
+def test_ping_does_not_wait_behind_an_inference(engine, jpeg_body):
+    import threading
+
+    engine.gate = threading.Event()
+    client = falcon.testing.TestClient(create_app(engine, ServerConfig()))
+    worker = threading.Thread(target=post, args=(client, jpeg_body))
+    worker.start()
+    try:
+        assert engine.started.wait(10)  # an inference holds the only worker
+        ping = client.simulate_get("/ping")
+        assert ping.status_code == 200 and ping.json["classes"] == ["person", "cat", "dog", "traffic light"]
+    finally:
+        engine.gate.set()
+        worker.join(10)
 
 
 def test_execution_parameters_stay_inside_the_transform_api_limits(engine):

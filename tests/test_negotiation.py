@@ -113,6 +113,14 @@ def test_class_names_occurring_twice_map_to_every_index():
     assert options.class_ids == (1, 4, 6)
 
 
+def test_unknown_class_names_are_a_400_naming_each_and_listing_the_models_classes(client, engine, jpeg_body):
+    resp = post(client, jpeg_body, attrs={"classes": ["cat", "unicorn", "Pedestrian"]})
+    assert_error(resp, 400, "classes", '["unicorn", "Pedestrian"]',
+                 '["person", "cat", "dog", "traffic light"]')  # as /ping lists them
+    assert "N/A" not in resp.json["error"] and "__background__" not in resp.json["error"]
+    assert engine.calls == []
+
+
 def test_include_scores_and_class_ids(client, jpeg_body):
     resp = post(client, jpeg_body, attrs={"include": ["scores", "class_ids"], "score_threshold": 0.1})
     body = resp.json

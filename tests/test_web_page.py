@@ -1,4 +1,5 @@
-"""The web page at GET /, in a real headless browser against the real server on the demo model.
+"""The web page at GET /, in a real headless browser against the real server on the demo model
+(and on a model of its own name and classes, for the model line and the class filter).
 
 Debian's Chromium is driven through chromium-driver with Selenium (`.ci/run` installs both;
 selenium is in the test extra). Without them these tests fail, saying what to install:
@@ -24,7 +25,8 @@ from demo.shapes import CLASS_NAMES, EVAL_SEED_START, generate_scene
 from engine.image_io import decode_image
 from engine.render import PALETTE
 from server_fixtures import encode_pil
-from server_process import REPO, ServerProcess, running_server
+from helpers import SMALL_CLASSES
+from server_process import REPO, http_call, running_server
 
 ARTIFACTS = REPO / "test-artifacts"
 SEED = EVAL_SEED_START + 10  # held out from training, like every seed below TRAIN_SEED_START
@@ -39,6 +41,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 @pytest.fixture(scope="module")
 def page_server(demo_model_dir, tmp_path_factory):
     yield from running_server(demo_model_dir, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def small_server(small_model_dir, tmp_path_factory):
+    """A model other than the demo: its own name ("small-test") and classes (SMALL_CLASSES)."""
+    yield from running_server(small_model_dir, tmp_path_factory.mktemp("serve-small"))
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +202,74 @@ def test_the_demo_model_is_announced_with_what_it_knows(browser, page_server):
     assert "./serve.sh --coco" in notice.text, notice.text
 
 
-def test_no_demo_notice_for_another_model(browser, small_model_dir, tmp_path):
-    srv = ServerProcess(small_model_dir, tmp_path / "server.log")
-    try:
-        srv.wait_ready()
-        open_page(browser, srv)
-        assert not browser.find_element("id", "demo-notice").is_displayed()
-    finally:
-        srv.kill()
+def test_no_demo_notice_for_another_model(browser, small_server):
+    open_page(browser, small_server)
+    assert not browser.find_element("id", "demo-notice").is_displayed()
+
+
+# Wraps the page's fetch to keep the custom attributes of each /invocations request it sends.
+RECORD_ATTRIBUTES = """
+    window.sentAttributes = [];
+    const originalFetch = window.fetch;
+    window.fetch = (url, init) => {
+      if (url === '/invocations') {
+        window.sentAttributes.push(JSON.parse(init.headers['X-Amzn-SageMaker-Custom-Attributes']));
+      }
+      return originalFetch(url, init);
+    };"""
+
+
+def test_class_filter_lists_the_served_models_classes_and_restricts_the_results(browser, small_server, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    classes = SMALL_CLASSES[1:]  # what the model knows, without its background
+    ping = http_call(f"{small_server.url}/ping", "GET").json()
+    assert ping["model"] == "small-test" and ping["classes"] == classes
+    scene = generate_scene(SEED, width=640, height=480)
+    path = tmp_path / "scene.png"
+    path.write_bytes(encode_pil(scene.image, "PNG"))
+
+    browser.get_log("browser")  # drained: earlier tests' pages log errors on purpose
+    open_page(browser, small_server)
+    assert "small-test" in browser.find_element("id", "model-status").text
+    boxes = browser.find_elements("css selector", "#class-list input[type=checkbox]")
+    assert [box.get_attribute("value") for box in boxes] == classes
+    assert browser.execute_script(  # each box is labelled with its class, in a named group
+        "return arguments[0].map(b => b.labels[0].textContent.trim())", boxes) == classes
+    assert browser.find_element("css selector", "#class-filter legend").text == "Classes"
+    assert all(box.is_selected() for box in boxes)
+
+    browser.execute_script(RECORD_ATTRIBUTES)
+    browser.find_element("id", "file").send_keys(str(path))
+    wait_for_run(browser, "object")
+    assert not browser.find_element("id", "error").is_displayed(), browser.find_element("id", "error").text
+    found = collections.Counter(r["name"] for r in table(browser))
+    # The random-weight model finds several of its classes in this scene; all ticked: no filter.
+    assert len(found) >= 2 and set(found) <= set(classes), found
+    assert all("classes" not in sent for sent in browser.execute_script("return window.sentAttributes"))
+
+    # Untick the class found most, from the keyboard: the image runs again with the others only.
+    dropped = found.most_common(1)[0][0]
+    kept = [c for c in classes if c != dropped]
+    browser.execute_script("window.sentAttributes = []")
+    boxes[classes.index(dropped)].send_keys(Keys.SPACE)
+    wait_for_run(browser, "3 of 4 classes")
+    save_screenshot(browser, "web_page_class_filter.png")
+    assert not browser.find_element("id", "error").is_displayed(), browser.find_element("id", "error").text
+    sent = browser.execute_script("return window.sentAttributes")
+    assert len(sent) == 2 and all(s["classes"] == kept for s in sent)  # the picture's and the table's
+    filtered = {r["name"] for r in table(browser)}
+    # only the kept classes, and every kept class found before is still found
+    assert set(found) - {dropped} <= filtered <= set(kept), (found, filtered)
+
+    # None: nothing to ask for, so nothing is sent; All: back to no filter.
+    browser.execute_script("window.sentAttributes = []")
+    browser.find_element("id", "classes-none").click()
+    wait_for_run(browser, "No class is ticked")
+    assert browser.execute_script("return window.sentAttributes") == []
+    browser.find_element("id", "classes-all").click()
+    wait_for_run(browser, "object")
+    assert dropped in {r["name"] for r in table(browser)}
+    assert all("classes" not in s for s in browser.execute_script("return window.sentAttributes"))
+    browser_errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not browser_errors, browser_errors

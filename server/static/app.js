@@ -1,8 +1,9 @@
 // The web page's client: it calls POST /invocations exactly as any SageMaker client would.
 // One image is sent twice, concurrently: with Accept: image/jpeg for the segmented picture,
 // and with Accept: application/json (plus "include": ["scores"]) for the table. Both carry
-// the same score threshold in X-Amzn-SageMaker-Custom-Attributes, so they describe the same
-// detections. No framework, no build step.
+// the same score threshold and class filter in X-Amzn-SageMaker-Custom-Attributes, so they
+// describe the same detections. The class filter offers the classes /ping lists for the
+// served model. No framework, no build step.
 "use strict";
 
 (() => {
@@ -11,7 +12,7 @@
   // server sniffs the bytes (and says so legibly if it cannot decode them).
   const IMAGE_TYPES = new Set(["image/jpeg", "image/png"]);
   const PING_RETRY_MS = 1000;
-  const THRESHOLD_DEBOUNCE_MS = 250;
+  const RERUN_DEBOUNCE_MS = 250; // a slider drag or a few quick ticks make one run, not many
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -23,6 +24,10 @@
     sample: $("sample"),
     threshold: $("threshold"),
     thresholdValue: $("threshold-value"),
+    classFilter: $("class-filter"),
+    classList: $("class-list"),
+    classesAll: $("classes-all"),
+    classesNone: $("classes-none"),
     status: $("status"),
     error: $("error"),
     errorTitle: $("error-title"),
@@ -39,7 +44,7 @@
   let controller = null; // aborts the requests of a run that a newer run replaces
   let runId = 0;
   let imageUrl = null;
-  let thresholdTimer = null;
+  let rerunTimer = null;
 
   class ApiError extends Error {
     constructor(status, message) {
@@ -136,6 +141,7 @@
         const info = await resp.json();
         ui.modelStatus.textContent = `Model ${info.model} on ${info.backend}`;
         ui.modelStatus.dataset.state = "ready";
+        showClasses(info.classes || []);
         // The bundled demo model gives confident nonsense on real photos: say so up front.
         ui.demoNotice.hidden = !info.demo;
         showNotice(ui.demoNotice, info.demo ? info.notice : "");
@@ -154,7 +160,44 @@
     }
   }
 
-  // ---- one run: an image and a threshold -> picture and table -------------------------------
+  // ---- the class filter --------------------------------------------------------------------
+
+  function showClasses(names) {
+    ui.classList.replaceChildren(...names.map((name) => {
+      const input = document.createElement("input");
+      input.type = "checkbox";
+      input.name = "class";
+      input.value = name;
+      input.checked = true;
+      const text = document.createElement("span");
+      text.textContent = name;
+      const label = document.createElement("label");
+      label.append(input, text);
+      const item = document.createElement("li");
+      item.append(label);
+      return item;
+    }));
+    ui.classFilter.hidden = names.length === 0;
+  }
+
+  function classBoxes() {
+    return [...ui.classList.querySelectorAll("input[type=checkbox]")];
+  }
+
+  // The ticked class names, or null when every class is ticked: then no filter is sent (the
+  // API's default), which also keeps the header short for a model with many classes.
+  function chosenClasses() {
+    const boxes = classBoxes();
+    const ticked = boxes.filter((box) => box.checked).map((box) => box.value);
+    return ticked.length === boxes.length ? null : ticked;
+  }
+
+  function tickAll(checked) {
+    classBoxes().forEach((box) => { box.checked = checked; });
+    rerunSoon();
+  }
+
+  // ---- one run: an image, a threshold and classes -> picture and table ----------------------
 
   async function segment() {
     if (!current) {
@@ -167,10 +210,21 @@
     const { signal } = controller;
     const id = ++runId;
     const threshold = Number(ui.threshold.value);
+    const classes = chosenClasses();
     showError(null);
+    if (classes && classes.length === 0) {
+      // The API refuses an empty filter (it would keep nothing): say what to do instead.
+      ui.status.textContent = "No class is ticked: tick at least one to segment the image.";
+      ui.result.hidden = true;
+      setBusy(false);
+      return;
+    }
     setBusy(true);
     ui.status.textContent = `Segmenting ${current.name}\u2026`;
     const attributes = { score_threshold: threshold };
+    if (classes) {
+      attributes.classes = classes;
+    }
     try {
       const [picture, table] = await Promise.all([
         invoke(current.blob, "image/jpeg", attributes, signal),
@@ -181,10 +235,11 @@
         return;
       }
       showPicture(blob, result.labels.length);
-      showTable(result, threshold);
+      showTable(result, threshold, classes);
       const ms = responseAttributes(table).inference_ms;
       const count = plural(result.labels.length, "object");
       ui.status.textContent = `${count} at score \u2265 ${threshold.toFixed(2)} in ${current.name}` +
+        (classes ? `, ${classes.length} of ${classBoxes().length} classes` : "") +
         (typeof ms === "number" ? ` (inference ${Math.round(ms)} ms).` : ".");
     } catch (err) {
       if (id !== runId || err.name === "AbortError") {
@@ -240,7 +295,7 @@
     ui.result.hidden = false;
   }
 
-  function showTable(result, threshold) {
+  function showTable(result, threshold, classes) {
     const { labels, boxes, scores } = result;
     ui.tableCaption.textContent = `${plural(labels.length, "detection")}, highest score first`;
     const rows = labels.map((label, i) => {
@@ -264,7 +319,8 @@
     });
     if (rows.length === 0) {
       const tr = document.createElement("tr");
-      const td = cell("td", `Nothing scored ${threshold.toFixed(2)} or more. Lower the threshold to see weaker detections.`);
+      const which = classes ? "Nothing of the ticked classes" : "Nothing";
+      const td = cell("td", `${which} scored ${threshold.toFixed(2)} or more. Lower the threshold to see weaker detections.`);
       td.colSpan = 4;
       td.className = "empty";
       tr.append(td);
@@ -332,11 +388,18 @@
     }
   });
 
+  function rerunSoon() {
+    clearTimeout(rerunTimer);
+    rerunTimer = setTimeout(segment, RERUN_DEBOUNCE_MS);
+  }
+
   ui.threshold.addEventListener("input", () => {
     ui.thresholdValue.textContent = Number(ui.threshold.value).toFixed(2);
-    clearTimeout(thresholdTimer);
-    thresholdTimer = setTimeout(segment, THRESHOLD_DEBOUNCE_MS);
+    rerunSoon();
   });
+  ui.classList.addEventListener("change", rerunSoon);
+  ui.classesAll.addEventListener("click", () => tickAll(true));
+  ui.classesNone.addEventListener("click", () => tickAll(false));
 
   // Drop anywhere on the page; without preventDefault the browser would open the file.
   let dragDepth = 0;
