@@ -206,7 +206,7 @@ def export_model_dir(args, quantize: bool) -> int:
             if found != len(class_names):
                 raise ValueError(f"the model has {found} classes (background included): name them with "
                                  f"--class-names FILE ({found} lines, background first)")
-        info.update(backbone=args.backbone or ("resnet50" if arch in ARCHS else None), model_kwargs=model_kwargs or None)
+        info.update({k: v for k, v in (("backbone", args.backbone), ("model_kwargs", model_kwargs)) if v})
         print(f"exporting {arch} with {args.weights} weights...", file=sys.stderr, flush=True)
         if args.min_size:
             set_resize_rule(model, args.min_size, args.max_size)
