@@ -31,11 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.named_models import ARCHS  # torch-free, like the --tensorrt path
-
-# torchvision's FPN backbones (exporter.weights.BACKBONES, repeated here: --help needs no torch)
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
-             "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "mobilenet_v3_large", "mobilenet_v3_small")
+from engine.named_models import ARCHS, BACKBONES  # torch-free, like the --tensorrt path
 
 try:
     from exporter import export  # noqa: F401  (re-exported: the Python entry point)
@@ -193,12 +189,12 @@ def export_model_dir(args, quantize: bool) -> int:
         else:
             from exporter import sha256_of
 
-            model, layout = file_model(args.arch, Path(args.weights), len(class_names) if class_names else None,
-                                       backbone=args.backbone, model_kwargs=model_kwargs,
-                                       weights_key=args.weights_key, trust_pickle=args.trust_pickle)
+            model, checkpoint = file_model(args.arch, Path(args.weights), len(class_names) if class_names else None,
+                                           backbone=args.backbone, model_kwargs=model_kwargs,
+                                           weights_key=args.weights_key, trust_pickle=args.trust_pickle)
             info = {"source": "file", "path": str(args.weights), "sha256": sha256_of(Path(args.weights)),
-                    "layout": layout, "trained": True}
-            if args.trust_pickle and "whole" in layout:  # its own configuration, whatever --arch says
+                    "layout": checkpoint.layout, "trained": True}
+            if model is checkpoint.model:  # a whole pickled MaskRCNN: its own configuration, whatever --arch says
                 arch = "custom"
         if class_names is None:
             class_names = coco_class_names()

@@ -37,6 +37,12 @@ from .model_dir import MODEL_FORMAT
 
 # torchvision's Mask R-CNN builders that build_engine.py exports (torchvision.models.detection.<arch>).
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+# torchvision's FPN backbones build_engine.py --backbone builds MaskRCNN on: resnet_fpn_backbone's ...
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+# ... and mobilenet_backbone(..., fpn=True)'s
+MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
+BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
 # The versions the parity tests pass with (test.sh installs the same; a test checks).
 VERIFIED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may hang longer

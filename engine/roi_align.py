@@ -20,12 +20,12 @@ roi_align.
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
+
+from . import native
 
 _LIBRARY = "_roi_align"  # setup.py's Extension("engine._roi_align")
 _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
@@ -36,21 +36,18 @@ _NCHW_F32, _NHWC_F32, _NHWC_U8 = 0, 1, 2  # roi_align.c's enum layout
 def _library_functions():
     """The built C library's (roi_align_nhwc, nchw_to_nhwc), or None where the install had no
     compiler."""
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"{_LIBRARY}{suffix}"
-        if path.is_file():
-            library = ctypes.CDLL(str(path))
-            i64 = ctypes.c_int64
-            pool = library.roi_align_nhwc
-            pool.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_float, ctypes.c_float, i64, i64, ctypes.c_void_p]
-            pool.restype = ctypes.c_int
-            transpose = library.nchw_to_nhwc
-            transpose.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p]
-            transpose.restype = None
-            return pool, transpose
-    return None
+    library = native.load(_LIBRARY)
+    if library is None:
+        return None
+    i64 = ctypes.c_int64
+    pool = library.roi_align_nhwc
+    pool.argtypes = [_FLOATS, i64, i64, i64, _FLOATS, ctypes.c_float, i64, i64, i64, ctypes.c_int,
+                     ctypes.c_int, ctypes.c_float, ctypes.c_float, i64, i64, ctypes.c_void_p]
+    pool.restype = ctypes.c_int
+    transpose = library.nchw_to_nhwc
+    transpose.argtypes = [ctypes.c_void_p, i64, i64, i64, i64, ctypes.c_void_p]
+    transpose.restype = None
+    return pool, transpose
 
 
 

@@ -15,12 +15,13 @@ the last bit, so a model whose scores tie can keep a different one of two overla
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from . import native
 
 _LIBRARY = "_torch_kernels"  # setup.py's Extension("engine._torch_kernels")
 _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
@@ -34,19 +35,16 @@ _AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}  # what ATen's A
 
 @lru_cache(maxsize=1)
 def _library():
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"{_LIBRARY}{suffix}"
-        if path.is_file():
-            library = ctypes.CDLL(str(path))
-            i64 = ctypes.c_int64
-            library.topk_order.argtypes = [_FLOATS, i64, i64, _INDICES]
-            library.sort_descending_order.argtypes = [_FLOATS, i64, _INDICES]
-            library.sigmoid.argtypes = [_FLOATS, i64, i64, _FLOATS]
-            for function in (library.topk_order, library.sort_descending_order, library.sigmoid):
-                function.restype = None
-            return library
-    return None
+    library = native.load(_LIBRARY)
+    if library is None:
+        return None
+    i64 = ctypes.c_int64
+    library.topk_order.argtypes = [_FLOATS, i64, i64, _INDICES]
+    library.sort_descending_order.argtypes = [_FLOATS, i64, _INDICES]
+    library.sigmoid.argtypes = [_FLOATS, i64, i64, _FLOATS]
+    for function in (library.topk_order, library.sort_descending_order, library.sigmoid):
+        function.restype = None
+    return library
 
 
 def available() -> bool:

@@ -154,8 +154,6 @@ def read_checkpoint(path, weights_key: str | None = None, trust_pickle: bool = F
             loaded, layout = torch.load(path, map_location="cpu", weights_only=False), "pickle (trusted)"
         else:
             loaded, layout = _safe_load(path), "state_dict"
-    except CheckpointError:
-        raise
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read weights file {path}: {first_line}") from None

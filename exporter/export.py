@@ -48,6 +48,21 @@ def _sizes(value) -> tuple:
     return tuple(tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else (float(v),) for v in value)
 
 
+def rpn_settings(rpn) -> RpnConfig:
+    """model.json's "rpn" section for a torchvision RegionProposalNetwork (its eval settings)."""
+    return RpnConfig(
+        anchor_sizes=_sizes(rpn.anchor_generator.sizes),
+        aspect_ratios=_sizes(rpn.anchor_generator.aspect_ratios),
+        pre_nms_top_n=int(rpn._pre_nms_top_n["testing"]),
+        post_nms_top_n=int(rpn._post_nms_top_n["testing"]),
+        nms_thresh=float(rpn.nms_thresh),
+        score_thresh=float(rpn.score_thresh),
+        min_size=float(rpn.min_size),
+        box_coder_weights=tuple(float(w) for w in rpn.box_coder.weights),
+        bbox_xform_clip=float(rpn.box_coder.bbox_xform_clip),
+    )
+
+
 def _export_graph(module, args, path, input_names, output_names, dynamic_axes):
     # A new wrapper module is in training mode, and torch.onnx.export restores the mode it
     # found, recursively: without eval() here the caller's model would come back training.
@@ -215,17 +230,7 @@ def export(
                 max_size=int(transform.max_size),
                 size_divisible=int(divisor),
             ),
-            rpn=RpnConfig(
-                anchor_sizes=_sizes(rpn.anchor_generator.sizes),
-                aspect_ratios=_sizes(rpn.anchor_generator.aspect_ratios),
-                pre_nms_top_n=int(rpn._pre_nms_top_n["testing"]),
-                post_nms_top_n=int(rpn._post_nms_top_n["testing"]),
-                nms_thresh=float(rpn.nms_thresh),
-                score_thresh=float(rpn.score_thresh),
-                min_size=float(rpn.min_size),
-                box_coder_weights=tuple(float(w) for w in rpn.box_coder.weights),
-                bbox_xform_clip=float(rpn.box_coder.bbox_xform_clip),
-            ),
+            rpn=rpn_settings(rpn),
             box_head=BoxHeadConfig(
                 **dataclasses.asdict(box_settings),
                 box_coder_weights=tuple(float(w) for w in heads.box_coder.weights),

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import torch
 
-# torch-free, so `serve --model` shares them: the architectures, the download probe and its message
-from engine.named_models import ARCHS, download_hint, unreachable_reason, url_file_name
+# torch-free, so `serve --model` and build_engine.py's --help share them: the architectures and
+# backbones, the download probe and its message
+from engine.named_models import (ARCHS, BACKBONES, MOBILENET_BACKBONES, RESNET_BACKBONES, download_hint,
+                                 unreachable_reason, url_file_name)
 
 from .checkpoints import read_checkpoint
 from .model_kwargs import maskrcnn_kwargs
-
-# torchvision's FPN backbones: resnet_fpn_backbone's ...
-RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
-# ... and mobilenet_backbone(..., fpn=True)'s
-MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
-BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
 
 
 class WeightsError(Exception):
@@ -133,8 +128,8 @@ def fit_predictors(model, state: dict) -> None:
 
 def file_model(arch: str, path: Path, num_classes: int | None = None, backbone: str | None = None,
                model_kwargs: dict | None = None, weights_key: str | None = None, trust_pickle: bool = False):
-    """(model, layout): the architecture with the weights in checkpoint file `path`
-    (exporter.checkpoints reads every layout; `layout` says which it found).
+    """(model, checkpoint): the architecture with the weights in checkpoint file `path`
+    (exporter.checkpoints.read_checkpoint's result: its `layout` says how they were found).
 
     Published torchvision checkpoints use FrozenBatchNorm2d (no `num_batches_tracked`
     buffers); a model built without weights has BatchNorm2d, which only adds those buffers,
@@ -149,7 +144,7 @@ def file_model(arch: str, path: Path, num_classes: int | None = None, backbone: 
         if backbone or model_kwargs:
             raise WeightsError(f"{path} is a whole MaskRCNN, which carries its own configuration: "
                                f"drop --backbone and --model-kwargs")
-        return checkpoint.model.eval(), checkpoint.layout
+        return checkpoint.model.eval(), checkpoint
     state = checkpoint.state_dict if checkpoint.model is None else checkpoint.model.state_dict()
     cls_key = "roi_heads.box_predictor.cls_score.weight"
     if num_classes is None:
@@ -174,7 +169,7 @@ def file_model(arch: str, path: Path, num_classes: int | None = None, backbone: 
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
         raise WeightsError(f"{path} does not fit {architecture_name(arch, backbone)}: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
-    return model.eval(), checkpoint.layout
+    return model.eval(), checkpoint
 
 
 def set_resize_rule(model, min_size: int, max_size: int | None = None):

@@ -71,11 +71,11 @@ def test_every_checkpoint_layout_loads_the_same_weights(tutorial, file, key):
     from exporter.weights import file_model
 
     model, folder = tutorial
-    loaded, layout = file_model("maskrcnn_resnet50_fpn", folder / file, weights_key=key)
+    loaded, checkpoint = file_model("maskrcnn_resnet50_fpn", folder / file, weights_key=key)
     assert loaded.roi_heads.box_predictor.cls_score.out_features == 3
     expected = model.state_dict()
     for name, value in loaded.state_dict().items():
-        assert torch.equal(value, expected[name]), f"{file}: {name} differs ({layout})"
+        assert torch.equal(value, expected[name]), f"{file}: {name} differs ({checkpoint.layout})"
 
 
 def test_several_models_in_one_file_need_a_key(tutorial, tmp_path):

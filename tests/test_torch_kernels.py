@@ -65,7 +65,7 @@ def test_rpn_proposals_in_torchvisions_order_when_scores_tie(small_model):
     give): fed torchvision's own RPN outputs, the engine's proposals are torchvision's, in
     torchvision's order."""
     from helpers import photo
-    from engine.model_config import RpnConfig
+    from exporter.export import rpn_settings
     from engine.preprocess import preprocess
     from engine.proposals import select_proposals
 
@@ -88,12 +88,7 @@ def test_rpn_proposals_in_torchvisions_order_when_scores_tie(small_model):
         counts = [level[0].numel() for level in logits]
         expected, _ = rpn.filter_proposals(proposals, flat_logits, images.image_sizes, counts)
     assert int((torch.sigmoid(flat_logits) == 1).sum()) > 100, "the test needs tied scores"
-    config = RpnConfig(
-        anchor_sizes=tuple(tuple(float(s) for s in level) for level in rpn.anchor_generator.sizes),
-        aspect_ratios=tuple(tuple(float(r) for r in level) for level in rpn.anchor_generator.aspect_ratios),
-        pre_nms_top_n=rpn._pre_nms_top_n["testing"], post_nms_top_n=rpn._post_nms_top_n["testing"],
-        nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh, min_size=rpn.min_size,
-        box_coder_weights=tuple(rpn.box_coder.weights), bbox_xform_clip=rpn.box_coder.bbox_xform_clip)
+    config = rpn_settings(rpn)
     boxes, _ = select_proposals([x.numpy() for x in logits], [x.numpy() for x in deltas], prepared.padded_size,
                                 prepared.resized_size, config)
     np.testing.assert_allclose(boxes, expected[0].numpy(), atol=1e-3)
