@@ -165,21 +165,18 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def own_models(tmp_path_factory):
-    """name -> (torchvision model, exported directory), built once: seeded weights scaled to
-    unit activations on a photo the tests do not use."""
+    """name -> (torchvision model, exported directory), built once, with the seeded random
+    weights build_engine.py --weights random --backbone gives."""
     from exporter import export
     from exporter.model_kwargs import parse_model_kwargs
-    from exporter.weights import build_model, scale_activations
+    from exporter.weights import random_model
 
     cache = {}
 
     def get(name):
         if name not in cache:
             backbone, classes, kwargs = CONFIGS[name]
-            torch.manual_seed(0)
-            model = build_model("maskrcnn_resnet50_fpn", classes, backbone, parse_model_kwargs(json.dumps(kwargs)))
-            calibration = torch.from_numpy(photo("motorcycle")).permute(2, 0, 1).float() / 255
-            scale_activations(model.eval(), torch.Generator().manual_seed(0), image=calibration)
+            model = random_model("maskrcnn_resnet50_fpn", 0, classes, backbone, parse_model_kwargs(json.dumps(kwargs)))
             path = tmp_path_factory.mktemp("own") / name
             export(model, path, ["__background__"] + [f"class{i}" for i in range(1, classes)], quiet=True,
                    arch=f"maskrcnn_{backbone}_fpn", weights_info={"source": "random", "seed": 0, "trained": False,
