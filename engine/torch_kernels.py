@@ -77,11 +77,8 @@ def topk_indices(values: np.ndarray, k: int) -> np.ndarray:
     values = np.ascontiguousarray(values, np.float32)
     k = min(int(k), values.shape[0])
     library = _library()
-    if library is None:
-        if k >= values.shape[0]:
-            return np.argsort(-values, kind="stable")
-        part = np.argpartition(-values, k - 1)[:k] if k else np.zeros(0, np.int64)
-        return part[np.lexsort((part, -values[part]))]
+    if library is None:  # a full stable sort: argpartition would pick among values tied at the k-th arbitrarily
+        return np.argsort(-values, kind="stable")[:k]
     out = np.empty(k, np.int64)
     library.topk_order(values, values.shape[0], k, out)
     return out

@@ -92,3 +92,19 @@ def test_rpn_proposals_in_torchvisions_order_when_scores_tie(small_model):
     boxes, _ = select_proposals([x.numpy() for x in logits], [x.numpy() for x in deltas], prepared.padded_size,
                                 prepared.resized_size, config)
     np.testing.assert_allclose(boxes, expected[0].numpy(), atol=1e-3)
+
+
+def test_without_the_library_numpy_gives_the_same_values_in_index_order(monkeypatch):
+    """An install without a C++ compiler: the same top-k and sort by value, equal values in
+    index order, and sigmoid within a float32 ulp of torch's."""
+    rng = np.random.default_rng(5)
+    values = tie_heavy(rng, 3000)
+    logits = rng.normal(0, 6, 1000).astype(np.float32)
+    monkeypatch.setattr(torch_kernels, "_library", lambda: None)
+    assert not torch_kernels.available()
+    for k in (1, 50, 3000):
+        top = torch_kernels.topk_indices(values, k)
+        np.testing.assert_array_equal(top, np.argsort(-values, kind="stable")[:k])
+    np.testing.assert_array_equal(torch_kernels.sort_descending(values), np.argsort(-values, kind="stable"))
+    np.testing.assert_allclose(torch_kernels.sigmoid(logits), torch.sigmoid(torch.from_numpy(logits)).numpy(),
+                               rtol=0, atol=1.2e-7)
