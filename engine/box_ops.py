@@ -55,12 +55,14 @@ def clip_boxes(boxes: np.ndarray, size_hw) -> np.ndarray:
     return out
 
 
-def remove_small_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
-    """Indices of boxes whose width and height are both >= min_size."""
+def remove_small_boxes(boxes: np.ndarray, min_size: float, strict: bool = False) -> np.ndarray:
+    """Indices of boxes whose width and height are both >= min_size (torchvision's
+    remove_small_boxes), or both > min_size where `strict` (detectron2's Boxes.nonempty)."""
     min_size = np.float32(min_size)
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
-    return np.flatnonzero((ws >= min_size) & (hs >= min_size))
+    above = np.greater if strict else np.greater_equal
+    return np.flatnonzero(above(ws, min_size) & above(hs, min_size))
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:

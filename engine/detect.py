@@ -1,5 +1,6 @@
 """RoI-head post-processing in numpy: FPN level assignment and torchvision's
-RoIHeads.postprocess_detections.
+RoIHeads.postprocess_detections (detectron2's fast_rcnn_inference, with its conventions from
+model.json: the background column last, no small-box filter, the level rule's epsilon).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from .model_config import BoxHeadConfig, RoIPoolConfig
 def assign_levels(boxes: np.ndarray, pool: RoIPoolConfig) -> np.ndarray:
     """torchvision LevelMapper: index (0-based, into pool.scales) of the level for each box.
 
-    level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped to the
-    pooled levels, whose numbers come from the RoIAlign scales (scale 1/4 -> level 2).
+    level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + level_epsilon), or
+    floor(canonical_level + log2(sqrt(area) / canonical_scale + level_epsilon)) where
+    pool.level_epsilon_in_log (detectron2's assign_boxes_to_levels), clamped to the pooled
+    levels, whose numbers come from the RoIAlign scales (scale 1/4 -> level 2).
     """
     scales = pool.scales
     if len(scales) == 1:
@@ -26,9 +29,11 @@ def assign_levels(boxes: np.ndarray, pool: RoIPoolConfig) -> np.ndarray:
     k_min = int(-np.log2(np.float32(scales[0])))
     k_max = int(-np.log2(np.float32(scales[-1])))
     s = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    target = np.floor(
-        np.float32(pool.canonical_level) + np.log2(s / np.float32(pool.canonical_scale)) + np.float32(1e-6)
-    )
+    epsilon = np.float32(pool.level_epsilon)
+    if pool.level_epsilon_in_log:
+        target = np.floor(np.float32(pool.canonical_level) + np.log2(s / np.float32(pool.canonical_scale) + epsilon))
+    else:
+        target = np.floor(np.float32(pool.canonical_level) + np.log2(s / np.float32(pool.canonical_scale)) + epsilon)
     return (np.clip(target, k_min, k_max).astype(np.int64) - k_min).astype(np.int64)
 
 
@@ -80,18 +85,22 @@ def select_detections(
     """torchvision RoIHeads.postprocess_detections for one image.
 
     Args:
-        class_probs: float32 (R, C) softmax scores; column 0 is the background.
-        box_deltas: float32 (R, 4C) per-class regression.
+        class_probs: float32 (R, C) softmax scores; the background is column 0, or the last
+            where head.background is "last".
+        box_deltas: float32 (R, 4C) per-class regression, or (R, 4(C - 1)) for the
+            foreground classes only where the background is last.
         proposals: float32 (R, 4) the RoIs, padded-image pixels.
         head: model.json's "box_head" section.
         class_ids: optional class indices to keep (applied before NMS, which is per class).
     Returns:
-        boxes (N, 4) in resized-image pixels, scores (N,), class ids (N,), best first.
+        boxes (N, 4) in resized-image pixels, scores (N,), class ids (N,) (indices into
+        class_names, 0 the background), best first.
 
     Only (RoI, class) pairs above the threshold are decoded: decoding is elementwise, so
     this equals torchvision's decode-everything-then-filter.
     """
-    scores = class_probs[:, 1:]
+    background_last = head.background == "last"
+    scores = class_probs[:, :-1] if background_last else class_probs[:, 1:]
     candidate = scores > np.float32(score_threshold)
     if class_ids is not None:
         allowed = np.zeros(scores.shape[1], bool)
@@ -100,12 +109,13 @@ def select_detections(
         candidate &= allowed[None, :]
     roi_index, column = np.nonzero(candidate)
     labels = column + 1
-    deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi_index, labels]
+    deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi_index, column if background_last else labels]
     boxes = decode_boxes(deltas, proposals[roi_index], head.box_coder_weights, head.bbox_xform_clip)
     boxes = clip_boxes(boxes, resized_size)
     scores = scores[roi_index, column]
 
-    keep = remove_small_boxes(boxes, 1e-2)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if head.min_size > 0:
+        keep = remove_small_boxes(boxes, head.min_size)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = batched_nms(boxes, scores, labels, head.nms_thresh)[:max_detections]
     return boxes[keep], scores[keep], labels[keep].astype(np.int64)

@@ -27,7 +27,8 @@ from .detections import Detections
 from .masks import PastedMasks
 from .model_defaults import is_demo_model
 from .model_dir import ModelDir
-from .preprocess import PreparedImage, preprocess, validate_image
+from .box_ops import clip_boxes, remove_small_boxes
+from .preprocess import PreparedImage, preprocess, preprocess_shortest_edge, validate_image
 from .proposals import select_proposals
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class Engine:
         the largest activations it has needed) reaches its working size here, not under load."""
         t = self.config.transform
         rng = np.random.default_rng(0)
-        image = rng.integers(0, 256, size=(t.min_size, max(t.max_size, t.min_size), 3), dtype=np.uint8)
+        short = t.min_size or t.max_size  # min_size 0: the image's own size, at most max_size
+        image = rng.integers(0, 256, size=(short, max(t.max_size, short), 3), dtype=np.uint8)
         self.predict(image, score_threshold=0.0, max_detections=WARMUP_DETECTIONS)
 
     def predict(self, image: np.ndarray, score_threshold: float = 0.5, max_detections: int = 100, class_ids=None) -> Detections:
@@ -127,7 +129,8 @@ class Engine:
             self.backend.release(dense)
         # masks are pasted when a consumer reads them (the renderer, the mask encoders), one
         # at a time: at photo size they would be N * H * W bytes
-        boxes, masks = timer.lap("postprocess", self.postprocess(boxes, mask_probs, prepared))
+        boxes, masks, kept = timer.lap("postprocess", self.postprocess(boxes, mask_probs, prepared))
+        scores, labels = scores[kept], labels[kept]
         return Detections(
             boxes=boxes,
             scores=scores.astype(np.float32),
@@ -141,9 +144,16 @@ class Engine:
     # The stages, in order, each under torchvision's name for it (or one that says what it does).
 
     def transform(self, image: np.ndarray) -> PreparedImage:
-        """GeneralizedRCNNTransform: normalise, resize by the model's rule, pad: (1, 3, Hp, Wp)."""
+        """GeneralizedRCNNTransform (or detectron2's ResizeShortestEdge and preprocess_image):
+        normalise, resize by the model's rule, pad: (1, 3, Hp, Wp)."""
         t = self.config.transform
-        return preprocess(image, t.image_mean, t.image_std, t.min_size, t.max_size, t.size_divisible)
+        if t.resize == "shortest_edge":
+            mean, std = (tuple(v * 255.0 / t.pixel_range for v in values) for values in (t.image_mean, t.image_std))
+            return preprocess_shortest_edge(image, mean, std, t.min_size, t.max_size, t.size_divisible, t.channel_order)
+        mean, std = (tuple(v / t.pixel_range for v in values) for values in (t.image_mean, t.image_std))
+        if t.channel_order == "BGR":
+            image = image[:, :, ::-1]
+        return preprocess(image, mean, std, t.min_size, t.max_size, t.size_divisible)
 
     def rpn(self, dense: DenseOutputs, prepared: PreparedImage) -> np.ndarray:
         """RegionProposalNetwork after its head: proposals (P, 4), padded-image pixels, best first."""
@@ -167,22 +177,32 @@ class Engine:
     def mask_head(self, dense: DenseOutputs, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """RoIHeads' mask_roi_pool + mask_head + mask_predictor on the N detections only, each
         box's own class channel: mask probabilities (N, M, M)."""
-        split = split_by_level(boxes, self.config.mask_head)
-        # class of each graph row (filler rows get class 0; their output is dropped)
-        ordered_labels = np.where(split.order >= 0, labels[np.maximum(split.order, 0)], 0)
+        head = self.config.mask_head
+        split = split_by_level(boxes, head)
+        channels = labels if head.background_channel else labels - 1  # the predictor's channel of each class
+        # channel of each graph row (filler rows get channel 0; their output is dropped)
+        ordered_labels = np.where(split.order >= 0, channels[np.maximum(split.order, 0)], 0)
         return split.restore(self.backend.run_mask_head(dense.features, split.rois, ordered_labels))
 
     def postprocess(self, boxes: np.ndarray, mask_probs: np.ndarray, prepared: PreparedImage):
-        """GeneralizedRCNNTransform.postprocess: boxes (N, 4) float32 scaled to the input
-        image, and the masks to paste into it (PastedMasks: each mask is pasted, exactly as
-        torchvision's paste_masks_in_image, when a consumer asks for its crop)."""
-        boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
+        """GeneralizedRCNNTransform.postprocess (or detectron2's detector_postprocess, where
+        model.json's transform.clip_output): boxes (N', 4) float32 scaled to the input image,
+        the masks to paste into it (PastedMasks: each mask is pasted by the model's paste rule
+        when a consumer asks for its crop), and the indices (N',) of the N detections kept."""
+        kept = np.arange(boxes.shape[0])
+        if self.config.transform.clip_output:
+            boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size, double_ratio=True)
+            boxes = clip_boxes(boxes, prepared.original_size)
+            kept = remove_small_boxes(boxes, 0.0, strict=True)
+            boxes, mask_probs = boxes[kept], mask_probs[kept]
+        else:
+            boxes = scale_boxes(boxes, prepared.resized_size, prepared.original_size)
         head = self.config.mask_head
         # the aligned paste (opt-in, model.json mask_head.paste = "aligned") needs the
         # network frame's scale; see engine.masks.paste_masks_aligned
         factor = [o / r for o, r in zip(prepared.original_size, prepared.resized_size)]
         return boxes, PastedMasks(mask_probs, boxes, prepared.original_size, head.mask_threshold,
-                                  mode=head.paste, resize_factor=factor)
+                                  mode=head.paste, resize_factor=factor), kept
 
 
 class _StageTimer:
@@ -199,10 +219,15 @@ class _StageTimer:
         return result
 
 
-def scale_boxes(boxes: np.ndarray, from_hw, to_hw) -> np.ndarray:
-    """torchvision resize_boxes: multiply by the float32 size ratios (to / from)."""
-    ratio_h = np.float32(to_hw[0]) / np.float32(from_hw[0])
-    ratio_w = np.float32(to_hw[1]) / np.float32(from_hw[1])
+def scale_boxes(boxes: np.ndarray, from_hw, to_hw, double_ratio: bool = False) -> np.ndarray:
+    """torchvision resize_boxes: multiply by the size ratios (to / from) divided in float32;
+    or, where `double_ratio`, divided in double precision and then rounded to float32
+    (detectron2's Boxes.scale by a Python float)."""
+    if double_ratio:
+        ratio_h, ratio_w = np.float32(to_hw[0] / from_hw[0]), np.float32(to_hw[1] / from_hw[1])
+    else:
+        ratio_h = np.float32(to_hw[0]) / np.float32(from_hw[0])
+        ratio_w = np.float32(to_hw[1]) / np.float32(from_hw[1])
     out = boxes.copy()
     out[:, 0::2] *= ratio_w
     out[:, 1::2] *= ratio_h

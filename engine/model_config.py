@@ -29,11 +29,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelDirError
-from .masks import PASTE_MODES  # torchvision's paste, or the aligned one
+from .masks import PASTE_MODES  # torchvision's paste, the aligned one, or detectron2's grid_sample
+
+# The conventions below are data, each with torchvision's behaviour as its default, so that
+# model directories written before a field existed load and behave exactly as they did.
+RESIZE_RULES = ("torchvision", "shortest_edge")  # see TransformConfig
+CHANNEL_ORDERS = ("RGB", "BGR")
+ANCHOR_ORDERS = ("ratios_outer", "sizes_outer")  # see RpnConfig
+OBJECTNESS_SCORES = ("sigmoid", "logits")
+MIN_SIZE_RULES = (">=", ">")
+BACKGROUND_COLUMNS = ("first", "last")  # see BoxHeadConfig
 
 MODEL_FORMAT = "maskrcnn-serve/1"
 GRAPHS = ("dense", "box_head", "mask_head")  # the three ONNX graphs (and TensorRT plans) of a model
 PRECISIONS = ("fp32", "fp16", "int8")  # TensorRT plan precisions
+
+
+def _convention(default, kw_only: bool = False):
+    """A field for one of the conventions above: left out of model.json while it holds its
+    default (torchvision's behaviour), so directories of torchvision models read and write
+    as they always have."""
+    return field(default=default, kw_only=kw_only, metadata={"omit_default": True})
 
 
 class _Invalid(ValueError):
@@ -58,6 +74,10 @@ def _box_coder(weights: tuple, clip: float) -> None:
     """torchvision BoxCoder(weights, bbox_xform_clip): both positive."""
     _positive(weights, "box_coder_weights")
     _positive(clip, "bbox_xform_clip")
+
+
+def _one_of(value: str, choices: tuple, where: str) -> None:
+    _require(value in choices, where, f"must be one of {list(choices)}, got {value!r}")
 
 
 def _positive(values, where: str) -> None:
@@ -100,7 +120,7 @@ class _Section:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None and f.default is None:
+            if (value is None and f.default is None) or (f.metadata.get("omit_default") and value == f.default):
                 continue
             out[f.name] = _to_json(value)
         return out
@@ -159,27 +179,55 @@ def _convert(value, hint, where: str):
 
 @dataclass(frozen=True)
 class TransformConfig(_Section):
-    """torchvision GeneralizedRCNNTransform: (x / 255 - mean) / std per RGB channel; the short
-    side scaled to min_size unless the long side would pass max_size; padded to a multiple of
-    size_divisible (bottom and right)."""
+    """The network input: (x / 255 * pixel_range - mean) / std per channel, channels in
+    channel_order; the short side scaled to min_size unless the long side would pass max_size;
+    padded to a multiple of size_divisible (bottom and right).
+
+    resize "torchvision" (GeneralizedRCNNTransform): the scale is a float, sizes truncated,
+    the normalised image resized bilinearly without antialias (F.interpolate).
+    resize "shortest_edge" (detectron2's ResizeShortestEdge in its DefaultPredictor): sizes
+    rounded, the uint8 image resized by PIL's bilinear filter, then normalised; min_size 0
+    keeps the image's size.
+    clip_output: boxes scaled back to the input image are clipped to it and the empty ones
+    dropped (detectron2's detector_postprocess); torchvision does neither.
+    """
 
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     min_size: int
     max_size: int
     size_divisible: int
+    resize: str = _convention(RESIZE_RULES[0])
+    channel_order: str = _convention(CHANNEL_ORDERS[0])
+    pixel_range: float = _convention(1.0)  # 1.0: mean and std are in 0..1 (torchvision); 255.0: in 0..255 (detectron2)
+    clip_output: bool = _convention(False)
 
     def check(self):
         _positive(self.image_std, "image_std")
-        _positive(self.min_size, "min_size")
+        if self.resize == "shortest_edge":
+            _require(self.min_size >= 0, "min_size", f"must be >= 0 (0: no resize), got {self.min_size!r}")
+        else:
+            _positive(self.min_size, "min_size")
         _positive(self.max_size, "max_size")
         _positive(self.size_divisible, "size_divisible")
+        _one_of(self.resize, RESIZE_RULES, "resize")
+        _one_of(self.channel_order, CHANNEL_ORDERS, "channel_order")
+        _positive(self.pixel_range, "pixel_range")
 
 
 @dataclass(frozen=True)
 class RpnConfig(_Section):
     """torchvision RegionProposalNetwork (eval): anchors per level, BoxCoder(box_coder_weights,
-    bbox_xform_clip), pre_nms_top_n per level, NMS at nms_thresh per level, post_nms_top_n in all."""
+    bbox_xform_clip), pre_nms_top_n per level, NMS at nms_thresh per level, post_nms_top_n in all.
+
+    Anchors (engine.anchors): a level's zero-centred cell anchors, one per (size, ratio),
+    ordered ratios_outer (torchvision) or sizes_outer (detectron2), rounded to whole pixels
+    (anchor_round, torchvision) or not, shifted by (cell index + anchor_offset) * stride, the
+    stride being anchor_strides[level] or, where that is not given, padded size // grid size
+    (torchvision's rule). Proposals are ranked and NMS'd by the sigmoid of the objectness
+    logit (torchvision) or the logit itself (detectron2); a box is kept when both its sides
+    are >= min_size (torchvision) or > min_size (detectron2's nonempty).
+    """
 
     anchor_sizes: tuple[tuple[float, ...], ...]  # per level, in image pixels
     aspect_ratios: tuple[tuple[float, ...], ...]  # per level, height / width
@@ -190,9 +238,22 @@ class RpnConfig(_Section):
     min_size: float  # boxes with a side under this (pixels) are dropped
     box_coder_weights: tuple[float, float, float, float]
     bbox_xform_clip: float
+    anchor_order: str = _convention(ANCHOR_ORDERS[0])
+    anchor_round: bool = _convention(True)
+    anchor_offset: float = _convention(0.0)
+    anchor_strides: tuple[int, ...] | None = None
+    objectness: str = _convention(OBJECTNESS_SCORES[0])
+    min_size_rule: str = _convention(MIN_SIZE_RULES[0])
 
     def check(self):
         _require(len(self.anchor_sizes) >= 1, "anchor_sizes", "must list at least one level")
+        _one_of(self.anchor_order, ANCHOR_ORDERS, "anchor_order")
+        _one_of(self.objectness, OBJECTNESS_SCORES, "objectness")
+        _one_of(self.min_size_rule, MIN_SIZE_RULES, "min_size_rule")
+        if self.anchor_strides is not None:
+            _require(len(self.anchor_strides) == len(self.anchor_sizes), "anchor_strides",
+                     f"must have one entry per level ({len(self.anchor_sizes)}), got {len(self.anchor_strides)}")
+            _positive(self.anchor_strides, "anchor_strides")
         _require(len(self.aspect_ratios) == len(self.anchor_sizes), "aspect_ratios",
                  f"must have one entry per level ({len(self.anchor_sizes)}), got {len(self.aspect_ratios)}")
         for name in ("anchor_sizes", "aspect_ratios"):
@@ -210,7 +271,13 @@ class RpnConfig(_Section):
 @dataclass(frozen=True)
 class RoIPoolConfig(_Section):
     """torchvision MultiScaleRoIAlign: which feature maps (indices into ModelConfig.features)
-    at which scales, and its LevelMapper (canonical_scale, canonical_level)."""
+    at which scales, and its LevelMapper (canonical_scale, canonical_level).
+
+    aligned: RoIAlign's half-pixel offset (torchvision's roi_align aligned=True, detectron2's
+    ROIAlignV2); sampling_ratio 0 samples ceil(bin size) points per bin. A box's level is
+    floor(canonical_level + log2(sqrt(area) / canonical_scale) + level_epsilon) (torchvision),
+    or with the epsilon added inside the log2 where level_epsilon_in_log (detectron2).
+    """
 
     featmap_names: tuple[str, ...]
     feature_indices: tuple[int, ...]
@@ -219,6 +286,10 @@ class RoIPoolConfig(_Section):
     sampling_ratio: int
     canonical_scale: int
     canonical_level: int
+    # keyword-only: the subclasses' own fields, without defaults, follow these
+    aligned: bool = _convention(False, kw_only=True)
+    level_epsilon: float = _convention(1e-6, kw_only=True)
+    level_epsilon_in_log: bool = _convention(False, kw_only=True)
 
     def check(self):
         _require(len(self.scales) >= 1, "scales", "must list at least one level")
@@ -232,16 +303,27 @@ class RoIPoolConfig(_Section):
 
 @dataclass(frozen=True)
 class BoxHeadConfig(RoIPoolConfig):
-    """RoIAlign for the box head, then torchvision RoIHeads.postprocess_detections."""
+    """RoIAlign for the box head, then torchvision RoIHeads.postprocess_detections.
+
+    background: where the graph's class_probs put the background: column "first"
+    (torchvision: box_deltas (R, 4C), a row for every class) or "last" (detectron2: box_deltas
+    (R, 4(C - 1)), none for the background). Class index i of class_names (0 = background) is
+    probability column i, or i - 1 where the background is last. Detections with a side under
+    min_size are dropped before NMS (torchvision's 1e-2; 0 keeps them all).
+    """
 
     box_coder_weights: tuple[float, float, float, float]
     bbox_xform_clip: float
     score_thresh: float
     nms_thresh: float
     detections_per_img: int
+    background: str = _convention(BACKGROUND_COLUMNS[0], kw_only=True)
+    min_size: float = _convention(1e-2, kw_only=True)
 
     def check(self):
         super().check()
+        _one_of(self.background, BACKGROUND_COLUMNS, "background")
+        _require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
         _box_coder(self.box_coder_weights, self.bbox_xform_clip)
         _fraction(self.score_thresh, "score_thresh")
         _fraction(self.nms_thresh, "nms_thresh")
@@ -251,11 +333,14 @@ class BoxHeadConfig(RoIPoolConfig):
 @dataclass(frozen=True)
 class MaskHeadConfig(RoIPoolConfig):
     """RoIAlign for the mask head; masks of mask_size^2, thresholded at mask_threshold after
-    the paste (`paste`: "torchvision" or "aligned", see engine.masks)."""
+    the paste (`paste`: "torchvision", "aligned" or "grid_sample", see engine.masks).
+    background_channel: the mask predictor has a channel for the background, so class i's
+    mask is channel i (torchvision); without one (detectron2) it is channel i - 1."""
 
     mask_size: int
     mask_threshold: float = 0.5  # optional in model.json: the first exports did not write these two
     paste: str = PASTE_MODES[0]
+    background_channel: bool = _convention(True)
 
     def check(self):
         super().check()

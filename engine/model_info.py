@@ -85,8 +85,40 @@ def _packed(names: list[str], width: int) -> list[str]:
 
 def _roi_align(head: dict) -> str:
     height, width = head["output_size"]
-    return (f"RoIAlign {height}x{width} from feature maps {', '.join(head['featmap_names'])} "
-            f"(scales {_nums(head['scales'])}), sampling ratio {head['sampling_ratio']}")
+    epsilon = (f"log2(size / {head['canonical_scale']} + {_num(head.get('level_epsilon', 1e-6))})"
+               if head.get("level_epsilon_in_log") else
+               f"log2(size / {head['canonical_scale']}) + {_num(head.get('level_epsilon', 1e-6))}")
+    return (f"RoIAlign {height}x{width}{' aligned (half-pixel)' if head.get('aligned') else ''} from feature maps "
+            f"{', '.join(head['featmap_names'])} (scales {_nums(head['scales'])}), sampling ratio "
+            f"{head['sampling_ratio']}{' (adaptive)' if head['sampling_ratio'] <= 0 else ''}; level "
+            f"{head['canonical_level']} + {epsilon}")
+
+
+def _resize(resize: dict) -> list[str]:
+    rule = resize.get("resize", "torchvision")
+    if rule == "shortest_edge" and resize["min_size"] == 0:
+        size = "no resize (the photo's own size)"
+    else:
+        size = f"short side to {resize['min_size']} px, long side at most {resize['max_size']} px"
+    how = ("sizes rounded, PIL bilinear on the 8-bit image (detectron2's ResizeShortestEdge)" if rule == "shortest_edge"
+           else "sizes truncated, bilinear on the normalised image (torchvision's transform)")
+    scale = " / 255" if resize.get("pixel_range", 1.0) == 1.0 else ""
+    lines = [f"{size}, padded to a multiple of {resize['size_divisible']}", how,
+             f"(x{scale} - mean) / std, {resize.get('channel_order', 'RGB')} mean {_nums(resize['image_mean'])}, "
+             f"std {_nums(resize['image_std'])}"]
+    if resize.get("clip_output"):
+        lines.append("boxes clipped to the photo, empty ones dropped")
+    return lines
+
+
+def _anchors(rpn: dict) -> list[str]:
+    lines = [f"level {level}: sizes {_nums(sizes)}; aspect ratios {_nums(ratios)}"
+             for level, (sizes, ratios) in enumerate(zip(rpn["anchor_sizes"], rpn["aspect_ratios"]))]
+    strides = rpn.get("anchor_strides")
+    lines.append(f"{'rounded' if rpn.get('anchor_round', True) else 'unrounded'}, "
+                 f"{rpn.get('anchor_order', 'ratios_outer').replace('_', ' ')}, offset {_num(rpn.get('anchor_offset', 0.0))}, "
+                 f"strides {_nums(strides) if strides else 'padded size / grid size'}")
+    return lines
 
 
 def _weights(info: dict) -> str:
@@ -139,19 +171,21 @@ def describe(info: dict) -> str:
     rows += [
         ("weights", [_weights(info), *(f"{key}: {_value(value)}" for key, value in record.items())]),
         ("classes", [f"{info['num_classes']}, background first:", *_packed(info["classes"], WIDTH - LABEL)]),
-        ("resize", [f"short side to {resize['min_size']} px, long side at most {resize['max_size']} px, "
-                    f"padded to a multiple of {resize['size_divisible']}",
-                    f"(x / 255 - mean) / std, RGB mean {_nums(resize['image_mean'])}, "
-                    f"std {_nums(resize['image_std'])}"]),
-        ("rpn anchors", [f"level {level}: sizes {_nums(sizes)}; aspect ratios {_nums(ratios)}"
-                         for level, (sizes, ratios) in enumerate(zip(rpn["anchor_sizes"], rpn["aspect_ratios"]))]),
+        ("resize", _resize(resize)),
+        ("rpn anchors", _anchors(rpn)),
         ("rpn", [f"top {rpn['pre_nms_top_n']} per level before NMS, {rpn['post_nms_top_n']} after; "
+                 f"ranked by the objectness {'logit' if rpn.get('objectness') == 'logits' else 'probability'}, "
                  f"NMS IoU {_num(rpn['nms_thresh'])}, score threshold {_num(rpn['score_thresh'])}, "
-                 f"min box side {_num(rpn['min_size'])} px"]),
+                 f"min box side {rpn.get('min_size_rule', '>=')} {_num(rpn['min_size'])} px"]),
         ("box head", [f"score threshold {_num(box['score_thresh'])}, NMS IoU {_num(box['nms_thresh'])}, "
-                      f"at most {box['detections_per_img']} detections per image", _roi_align(box)]),
+                      f"at most {box['detections_per_img']} detections per image",
+                      f"background class {box.get('background', 'first')}, min box side "
+                      f"{_num(box.get('min_size', 1e-2))} px",
+                      _roi_align(box)]),
         ("mask head", [f"{mask['mask_size']}x{mask['mask_size']} masks, threshold {_num(mask['mask_threshold'])}, "
-                       f"paste {mask['paste']}", _roi_align(mask)]),
+                       f"paste {mask['paste']}"
+                       f"{'' if mask.get('background_channel', True) else ', no background channel'}",
+                       _roi_align(mask)]),
         ("precision", _precision(info)),
         ("tensorrt", _tensorrt(info["tensorrt"])),
         ("graphs", [", ".join(graph["file"] for graph in info["graphs"].values())]),

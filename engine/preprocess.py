@@ -1,4 +1,10 @@
-"""Image -> network input, exactly as torchvision's GeneralizedRCNNTransform does it."""
+"""Image -> network input, exactly as the training framework does it.
+
+`preprocess`: torchvision's GeneralizedRCNNTransform (normalise, bilinear resize to a
+truncated size, pad). `preprocess_shortest_edge`: detectron2's DefaultPredictor
+(ResizeShortestEdge with PIL's bilinear filter on the uint8 image, rounded size; then
+`(x - mean) / std` in the model's channel order, pad).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -145,3 +152,72 @@ def downscale_bilinear(image: np.ndarray, out_h: int, out_w: int, scale=(1.0, 1.
     top *= np.asarray(scale, np.float32)
     top += np.asarray(shift, np.float32)
     return top
+
+
+def shortest_edge_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge rule, (h, w) after the resize: the short side becomes
+    min_size and the long side follows the aspect ratio; if the long side would pass
+    max_size, both are scaled down so that it equals max_size. Python floats throughout and
+    each side rounded half up (int(x + 0.5)), not truncated as torchvision does. min_size 0
+    means no resize."""
+    if min_size == 0:
+        return height, width
+    short = float(min_size)
+    scale = short / min(height, width)
+    # The short side is set to min_size exactly, the long one is scaled (in float64).
+    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
+    longest = max(new_h, new_w)
+    if longest > max_size:
+        shrink = max_size * 1.0 / longest
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def preprocess_shortest_edge(image: np.ndarray, mean, std, min_size: int, max_size: int, size_divisible: int,
+                             channel_order: str = "BGR") -> PreparedImage:
+    """The network input of a detectron2 model, bit for bit as DefaultPredictor + the model's
+    preprocess_image make it.
+
+    Args:
+        image: HxWx3 uint8 RGB.
+        mean, std: per-channel pixel mean and std in 0-255 units, in `channel_order`
+            (detectron2's MODEL.PIXEL_MEAN / PIXEL_STD).
+        min_size, max_size: INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (`shortest_edge_size`).
+        size_divisible: the backbone's size_divisibility (32 for FPN); 0 or 1: no padding.
+        channel_order: INPUT.FORMAT, "BGR" (detectron2's default) or "RGB".
+    Returns:
+        PreparedImage: tensor float32 (1, 3, Hp, Wp) = (pixel - mean) / std, zero at the
+        bottom/right padding; resized_size (h, w) from `shortest_edge_size`.
+
+    detectron2 resizes the uint8 image with PIL's bilinear filter (which widens its support
+    when shrinking, i.e. antialiases). PIL filters each channel on its own, so resizing the
+    RGB image and then picking the channels in `channel_order` is the same as resizing the
+    BGR image detectron2 gets. Only the resized uint8 image is converted to float32, straight
+    into the padded tensor; subtracting then dividing in float32 rounds as torch does.
+    """
+    validate_image(image)
+    if channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    h, w = image.shape[:2]
+    rh, rw = shortest_edge_size(h, w, min_size, max_size)
+    if rh < 1 or rw < 1:
+        raise ValueError(f"a {h}x{w} image resizes to {rh}x{rw} (min_size {min_size}, max_size {max_size})")
+    if (rh, rw) != (h, w):
+        # PIL keeps RGB as 4 bytes a pixel, so fromarray copies the image once; no float copy.
+        image = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR))
+    if size_divisible > 1:
+        ph = -(-rh // size_divisible) * size_divisible
+        pw = -(-rw // size_divisible) * size_divisible
+    else:
+        ph, pw = rh, rw
+    # torch.tensor(list of floats) rounds each to float32, as this does.
+    mean32 = np.asarray(mean, np.float64).astype(np.float32).reshape(3)
+    std32 = np.asarray(std, np.float64).astype(np.float32).reshape(3)
+    sources = (0, 1, 2) if channel_order == "RGB" else (2, 1, 0)
+    tensor = np.zeros((1, 3, ph, pw), np.float32)
+    for c, source in enumerate(sources):
+        plane = tensor[0, c, :rh, :rw]
+        # uint8 -> float32 is exact, then one float32 rounding per operation, as in torch
+        np.subtract(image[:, :, source], mean32[c], out=plane, dtype=np.float32)
+        np.divide(plane, std32[c], out=plane)
+    return PreparedImage(tensor=tensor, original_size=(h, w), resized_size=(rh, rw))

@@ -99,6 +99,7 @@ def export(
     overwrite: bool = False,
     quiet: bool = False,
     mask_paste: str = "torchvision",
+    conventions: dict[str, dict] | None = None,
 ) -> Path:
     """Export `model` (a torchvision `MaskRCNN`) to the model directory `output_dir`.
 
@@ -111,6 +112,10 @@ def export(
         weights_info: provenance, e.g. {"source": "random", "seed": 0, "trained": False}.
         mask_paste: "torchvision" (its paste_masks_in_image, exactly) or "aligned" (float
             boxes in the frame the mask head is trained in; see engine.masks).
+        conventions: model.json fields that differ from what the torchvision modules say,
+            per section ("transform", "rpn", "box_head", "mask_head"), e.g. a detectron2
+            model's (exporter.detectron2.conventions). The RoIAlign's own (aligned) reach
+            the graphs too.
     Returns:
         The path of the written directory.
     """
@@ -153,7 +158,20 @@ def export(
             canonical_level=int(getattr(pool, "canonical_level", 4)),
         )
 
-    box_settings, mask_settings = pool_settings(box_pool), pool_settings(mask_pool)
+    conventions = conventions or {}
+    unknown = sorted(set(conventions) - {"transform", "rpn", "box_head", "mask_head"})
+    if unknown:
+        raise ValueError(f"conventions: unknown model.json sections {unknown}")
+    pool_fields = {f.name for f in dataclasses.fields(RoIPoolConfig)}
+
+    def pool_part(section: str) -> dict:
+        return {k: v for k, v in conventions.get(section, {}).items() if k in pool_fields}
+
+    def head_part(section: str) -> dict:
+        return {k: v for k, v in conventions.get(section, {}).items() if k not in pool_fields}
+
+    box_settings = dataclasses.replace(pool_settings(box_pool), **pool_part("box_head"))
+    mask_settings = dataclasses.replace(pool_settings(mask_pool), **pool_part("mask_head"))
     num_levels = len(backbone_names)
     feature_outputs = [f"feature_{n}" for n in pooled_names]
     logits_outputs = [f"{RPN_LOGITS_PREFIX}{i}" for i in range(num_levels)]
@@ -174,6 +192,9 @@ def export(
             {"images": spatial, **{n: {2: f"{n}_h", 3: f"{n}_w"} for n in feature_outputs + logits_outputs + deltas_outputs}},
         )
 
+        with torch.no_grad():
+            probe = heads.mask_predictor(heads.mask_head(torch.zeros(1, features[pooled_names[0]].shape[1], *mask_settings.output_size)))
+        mask_channels, mask_size = int(probe.shape[1]), int(probe.shape[-1])
         feature_inputs = [features[n] for n in pooled_names]
         feature_axes = {n: {2: f"{n}_h", 3: f"{n}_w"} for n in feature_outputs}
 
@@ -197,7 +218,7 @@ def export(
             axes = {**feature_axes, **{n: {0: f"{n}_count"} for n in roi_names}}
             if extra_in:
                 total = sum(r.shape[0] for r in rois)
-                args.append(torch.arange(total, dtype=torch.int64) % num_classes)
+                args.append(torch.arange(total, dtype=torch.int64) % mask_channels)
                 axes["class_ids"] = {0: "num_rois"}
             axes.update({n: {0: "num_rois"} for n in out_names})
             module = graph_cls(
@@ -207,12 +228,10 @@ def export(
                 list(settings.scales),
                 settings.output_size,
                 settings.sampling_ratio,
+                settings.aligned,
             )
             _export_graph(module, tuple(args), staging / filename, feature_outputs + roi_names + extra_in, out_names, axes)
 
-        with torch.no_grad():
-            probe = heads.mask_predictor(heads.mask_head(torch.zeros(1, features[pooled_names[0]].shape[1], *mask_settings.output_size)))
-        mask_size = int(probe.shape[-1])
 
         import onnx
         import torchvision
@@ -223,23 +242,26 @@ def export(
             arch=arch,
             class_names=tuple(class_names),
             weights=weights_info or {"source": "unknown", "trained": True},
-            transform=TransformConfig(
-                image_mean=tuple(float(v) for v in transform.image_mean),
-                image_std=tuple(float(v) for v in transform.image_std),
-                min_size=int(transform.min_size[-1]),
-                max_size=int(transform.max_size),
-                size_divisible=int(divisor),
-            ),
-            rpn=rpn_settings(rpn),
-            box_head=BoxHeadConfig(
+            transform=TransformConfig(**{
+                "image_mean": tuple(float(v) for v in transform.image_mean),
+                "image_std": tuple(float(v) for v in transform.image_std),
+                "min_size": int(transform.min_size[-1]),
+                "max_size": int(transform.max_size),
+                "size_divisible": int(divisor),
+                **conventions.get("transform", {}),
+            }),
+            rpn=dataclasses.replace(rpn_settings(rpn), **conventions.get("rpn", {})),
+            box_head=BoxHeadConfig(**{
                 **dataclasses.asdict(box_settings),
-                box_coder_weights=tuple(float(w) for w in heads.box_coder.weights),
-                bbox_xform_clip=float(heads.box_coder.bbox_xform_clip),
-                score_thresh=float(heads.score_thresh),
-                nms_thresh=float(heads.nms_thresh),
-                detections_per_img=int(heads.detections_per_img),
-            ),
-            mask_head=MaskHeadConfig(**dataclasses.asdict(mask_settings), mask_size=mask_size, mask_threshold=0.5, paste=mask_paste),
+                "box_coder_weights": tuple(float(w) for w in heads.box_coder.weights),
+                "bbox_xform_clip": float(heads.box_coder.bbox_xform_clip),
+                "score_thresh": float(heads.score_thresh),
+                "nms_thresh": float(heads.nms_thresh),
+                "detections_per_img": int(heads.detections_per_img),
+                **head_part("box_head"),
+            }),
+            mask_head=MaskHeadConfig(**{**dataclasses.asdict(mask_settings), "mask_size": mask_size,
+                                        "mask_threshold": 0.5, "paste": mask_paste, **head_part("mask_head")}),
             features=tuple(feature_outputs),
             graphs=GraphFiles(**{key: GraphFile(file=f"{key}.onnx", sha256=sha256_of(staging / f"{key}.onnx"))
                                  for key in GRAPHS}),

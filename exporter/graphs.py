@@ -20,12 +20,13 @@ from torch import nn
 from torchvision.ops import roi_align
 
 
-def _pool_levels(features, rois_per_level, scales, output_size, sampling_ratio):
+def _pool_levels(features, rois_per_level, scales, output_size, sampling_ratio, aligned=False):
     """RoIAlign each level's boxes on its own feature map, concatenated in level order.
 
     Matches torchvision's MultiScaleRoIAlign (aligned=False, i.e. ONNX RoiAlign with
-    coordinate_transformation_mode="output_half_pixel") once the caller has assigned the
-    levels with the same LevelMapper rule.
+    coordinate_transformation_mode="output_half_pixel"), or detectron2's ROIPooler with
+    ROIAlignV2 (aligned=True, "half_pixel"), once the caller has assigned the levels with
+    the same rule.
     """
     pooled = []
     for feature, rois, scale in zip(features, rois_per_level, scales):
@@ -37,7 +38,7 @@ def _pool_levels(features, rois_per_level, scales, output_size, sampling_ratio):
                 output_size=output_size,
                 spatial_scale=scale,
                 sampling_ratio=sampling_ratio,
-                aligned=False,
+                aligned=aligned,
             )
         )
     return torch.cat(pooled, dim=0)
@@ -62,16 +63,18 @@ class _RoIHeadGraph(nn.Module):
     """Common part of the head graphs: which feature inputs each pooled level reads, and
     the RoIAlign settings."""
 
-    def __init__(self, num_features: int, levels: list[int], scales, output_size, sampling_ratio):
+    def __init__(self, num_features: int, levels: list[int], scales, output_size, sampling_ratio, aligned=False):
         super().__init__()
         self.num_features = num_features
         self.levels = levels  # index into the feature inputs of each pooled level
         self.scales = scales
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
 
     def pool(self, features, rois):
-        return _pool_levels([features[i] for i in self.levels], rois, self.scales, self.output_size, self.sampling_ratio)
+        return _pool_levels([features[i] for i in self.levels], rois, self.scales, self.output_size, self.sampling_ratio,
+                            self.aligned)
 
 
 class BoxHeadGraph(_RoIHeadGraph):

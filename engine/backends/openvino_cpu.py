@@ -561,7 +561,7 @@ class OpenVinoCpuBackend(Backend):
             pooled = request.get_tensor("pooled")
             pooled.shape = [sum(int(r.shape[0]) for r in rois), *self.pooled_shapes[key]]
             self.aligner.pool_levels([features[i] for i in config.feature_indices], rois, config.scales,
-                                     config.output_size, config.sampling_ratio, out=pooled.data,
+                                     config.output_size, config.sampling_ratio, config.aligned, out=pooled.data,
                                      channels_last=self.channels_last[key], quantize=self.quantize[key])
             request.infer(extra, share_inputs=True, share_outputs=False)
             return {out.get_any_name(): request.get_tensor(out).data.copy() for out in self.compiled[key].outputs}
