@@ -18,6 +18,12 @@ Lightning's, .safetensors), another torchvision FPN backbone, the settings you t
     python build_engine.py --backbone mobilenet_v3_large --weights model.pth --class-names names.txt \
         --model-kwargs '{"min_size": 480, "rpn_anchor_generator": {"sizes": [[32, 64, 128, 256, 512]] }}' ...
 
+A detectron2 Mask R-CNN (R50/R101/X101 FPN), from its YAML config and its weights (a model-zoo
+.pkl or a training run's .pth); detectron2 itself is not needed:
+
+    python build_engine.py --detectron2-config config.yaml --weights model_final.pth \
+        --class-names names.txt --output models/mine-d2
+
 Models built in code go through the same path from Python:
 
     from build_engine import export
@@ -50,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "backbone NAME (resnet_fpn_backbone: resnet18/34/50/101/152, resnext50_32x4d, "
                         "resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2; "
                         "mobilenet_backbone(fpn=True): mobilenet_v3_large, mobilenet_v3_small)")
+    parser.add_argument("--detectron2-config", metavar="CONFIG.yaml", type=Path,
+                        help="convert a detectron2 Mask R-CNN (GeneralizedRCNN, ResNet/ResNeXt FPN) instead: its YAML "
+                        "config (a model-zoo config with its _BASE_ chain, or the config.yaml a training run dumps); "
+                        "--weights is then its model-zoo .pkl or training .pth, --class-names its thing_classes in "
+                        "order (a leading __background__ line is accepted)")
     parser.add_argument("--model-kwargs", metavar="JSON_OR_FILE",
                         help="the MaskRCNN keyword arguments you trained with, as JSON or a JSON file: min_size, "
                         "max_size, image_mean, image_std, rpn_*, box_*, box_detections_per_img, bbox_reg_weights, "
@@ -77,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--class-names",
         type=Path,
         help="file with one class name per line (or a JSON list), background first; "
-        "default: torchvision's 91 COCO categories",
+        "default: torchvision's 91 COCO categories. With --detectron2-config: its thing_classes in order "
+        "(a leading __background__ line is accepted), or 'coco' for COCO's 80 (the model zoo's); default class_1...",
     )
     parser.add_argument("--min-size", type=int, help="resize rule: short side (default: the model's, 800 for R50)")
     parser.add_argument("--max-size", type=int, help="resize rule: long-side cap (default: scaled with --min-size)")
@@ -144,6 +156,10 @@ def main(argv=None) -> int:
     if args.arch and args.backbone:
         print("error: give --arch (a preset) or --backbone (MaskRCNN on that backbone), not both", file=sys.stderr)
         return 2
+    if args.detectron2_config and args.arch:
+        print("error: --arch names a torchvision preset; a detectron2 model is described by --detectron2-config",
+              file=sys.stderr)
+        return 2
     args.arch = args.arch or ARCHS[0]
     if args.int8 and not args.calib_images:
         print("error: --int8 needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
@@ -166,6 +182,8 @@ def export_model_dir(args, quantize: bool) -> int:
     except ImportError:
         print("error: build_engine.py needs torch: pip install '.[export]'", file=sys.stderr)
         return 2
+    if args.detectron2_config:
+        return export_detectron2_dir(args, quantize)
     from exporter.model_kwargs import parse_model_kwargs
     from exporter.weights import (WeightsError, architecture_name, coco_class_names, coco_model, file_model,
                                   random_model, set_resize_rule)
@@ -215,6 +233,41 @@ def export_model_dir(args, quantize: bool) -> int:
         else:
             export(model, args.output, class_names, **options)
     except (WeightsError, ValueError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def export_detectron2_dir(args, quantize: bool) -> int:
+    """--detectron2-config: the model directory --output from a detectron2 config and weights."""
+    from exporter.detectron2 import export_detectron2
+    from exporter.detectron2_config import Detectron2ConfigError
+    from exporter.weights import WeightsError
+
+    given = [flag for flag, value in (("--backbone", args.backbone), ("--model-kwargs", args.model_kwargs),
+                                      ("--min-size", args.min_size), ("--max-size", args.max_size),
+                                      ("--trust-pickle", args.trust_pickle)) if value]
+    if args.weights in ("coco", "random") or given:
+        problem = f"{', '.join(given)} do not apply" if given else "--weights must be the model's .pkl or .pth file"
+        print(f"error: with --detectron2-config, {problem} (the config holds the settings: set INPUT.MIN_SIZE_TEST "
+              f"and the like there)", file=sys.stderr)
+        return 2
+    try:
+        if args.class_names == Path("coco") and not args.class_names.exists():
+            from exporter.weights import coco_class_names
+
+            class_names = [name for name in coco_class_names()[1:] if name != "N/A"]  # detectron2's thing_classes
+        else:
+            class_names = read_class_names(args.class_names) if args.class_names else None
+        print(f"converting the detectron2 model {args.detectron2_config} with weights {args.weights}...",
+              file=sys.stderr, flush=True)
+        options = dict(weights_key=args.weights_key, name=args.name, overwrite=args.force)
+        if quantize:
+            from exporter.quantize import load_calibration_images
+
+            options.update(int8_images=load_calibration_images(args.calib_images), weight_bits=args.int8_weight_bits)
+        export_detectron2(args.detectron2_config, Path(args.weights), args.output, class_names, **options)
+    except (Detectron2ConfigError, WeightsError, ValueError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

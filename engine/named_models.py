@@ -1,14 +1,18 @@
-"""Named models (`serve --model coco-v1`): torchvision's COCO Mask R-CNNs, built on first use.
+"""Named models (`serve --model coco-v1`): torchvision's COCO Mask R-CNNs and detectron2's
+model-zoo COCO Mask R-CNNs, built on first use.
 
 The first start with a name installs what the export needs (torch, torchvision, onnx) into
-this Python's virtual environment, fetches torchvision's COCO weights through its weights
-API (so they land in the torch-hub cache, and a second build downloads nothing), runs
-`build_engine.py` in a child process and keeps the model directory under the cache folder:
+this Python's virtual environment, fetches the COCO weights (torchvision's through its
+weights API, so they land in the torch-hub cache; detectron2's model-zoo .pkl into the cache
+folder's downloads/), so a second build downloads nothing, runs `build_engine.py` in a child
+process and keeps the model directory under the cache folder:
 
     $MASKRCNN_CACHE_DIR, else $XDG_CACHE_HOME/maskrcnn-serve, else ~/.cache/maskrcnn-serve
         models/coco-v1/          the model directory (model.json + ONNX graphs)
         models/coco-v1.source    which weights file it was built from (path, size, mtime), and
                                  the model.json format (a newer engine rebuilds an older one)
+        models/<name>.yaml       a detectron2 model's config, as build_engine.py reads it
+        downloads/<file>.pkl     a detectron2 model's weights
 
 Later starts reuse the directory while the weights file it was built from is unchanged (or
 gone). Nothing here imports torch: the server process never does; only the child export does.
@@ -50,12 +54,21 @@ PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may
 
 @dataclass(frozen=True)
 class NamedModel:
-    """A torchvision Mask R-CNN with COCO weights; `weights_url` is its weights enum's `.url`."""
+    """A Mask R-CNN with COCO weights: torchvision's (`weights_url` is its weights enum's
+    `.url`) or, where `zoo_config` is given, detectron2's model zoo (`weights_url` its
+    model_final .pkl, `zoo_config` the zoo's config name, `detectron2_config` the settings
+    that config and its _BASE_ give, for build_engine.py --detectron2-config)."""
 
     name: str
     arch: str
     weights_enum: str  # torchvision.models.detection.<weights_enum>, for people and tests
     weights_url: str
+    zoo_config: str | None = None
+    detectron2_config: dict | None = None
+
+    @property
+    def framework(self) -> str:
+        return "detectron2" if self.zoo_config else "torchvision"
 
     @property
     def weights_file(self) -> str:
@@ -79,6 +92,51 @@ NAMED_MODELS = {
                    "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"),
     )
 }
+
+
+DETECTRON2_ZOO = "https://dl.fbaipublicfiles.com/detectron2/"
+
+
+def _detectron2_fpn_config(depth: int, **resnets) -> dict:
+    """The settings of detectron2's COCO-InstanceSegmentation/mask_rcnn_*_FPN_3x.yaml (its
+    Base-RCNN-FPN.yaml and the file's own keys) that a converter reads; the rest are
+    detectron2's defaults. tests/test_detectron2.py checks them against the zoo's files."""
+    pixel_std = resnets.pop("PIXEL_STD", None)
+    levels = ["res2", "res3", "res4", "res5"]
+    model = {
+        "META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": True,
+        "BACKBONE": {"NAME": "build_resnet_fpn_backbone"},
+        "RESNETS": {"DEPTH": depth, "OUT_FEATURES": levels, **resnets},
+        "FPN": {"IN_FEATURES": levels},
+        "ANCHOR_GENERATOR": {"SIZES": [[32], [64], [128], [256], [512]], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]},
+        "RPN": {"IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"], "PRE_NMS_TOPK_TEST": 1000, "POST_NMS_TOPK_TEST": 1000},
+        "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"]},
+        "ROI_BOX_HEAD": {"NAME": "FastRCNNConvFCHead", "NUM_FC": 2, "POOLER_RESOLUTION": 7},
+        "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "POOLER_RESOLUTION": 14},
+    }
+    if pixel_std:
+        model["PIXEL_STD"] = pixel_std
+    return {"MODEL": model, "VERSION": 2}
+
+
+def _detectron2_model(name: str, zoo_config: str, run: str, depth: int, **resnets) -> NamedModel:
+    return NamedModel(name, "detectron2", zoo_config, f"{DETECTRON2_ZOO}{zoo_config}/{run}", zoo_config,
+                      _detectron2_fpn_config(depth, **resnets))
+
+
+# detectron2's MODEL_ZOO.md: COCO Mask R-CNN FPN 3x models (run id / file name)
+NAMED_MODELS.update({
+    model.name: model
+    for model in (
+        _detectron2_model("detectron2-r50-fpn-3x", "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x",
+                          "137849600/model_final_f10217.pkl", 50),
+        _detectron2_model("detectron2-r101-fpn-3x", "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x",
+                          "138205316/model_final_a3ec72.pkl", 101),
+        _detectron2_model("detectron2-x101-32x8d-fpn-3x", "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x",
+                          "139653917/model_final_2d9806.pkl", 101, STRIDE_IN_1X1=False, NUM_GROUPS=32,
+                          WIDTH_PER_GROUP=8, PIXEL_STD=[57.375, 57.120, 58.395]),
+    )
+})
 
 
 def named_model(name: str) -> NamedModel:
@@ -111,6 +169,14 @@ def hub_checkpoint(url: str, environ: Mapping[str, str] = os.environ) -> Path:
     return torch_hub_dir(environ) / "checkpoints" / url_file_name(url)
 
 
+def cached_weights(model: NamedModel, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `model`'s weights are kept once fetched: torch-hub's cache for torchvision's,
+    the cache folder's downloads/ for detectron2's."""
+    if model.framework == "detectron2":
+        return cache_dir(environ) / "downloads" / model.weights_file
+    return hub_checkpoint(model.weights_url, environ)
+
+
 def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """None if a HEAD request to `url` gets any HTTP answer within `timeout_s`, else why not.
 
@@ -137,9 +203,9 @@ def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | No
     return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
 
 
-def download_hint(arch: str, url: str, reason: str) -> str:
+def download_hint(arch: str, url: str, reason: str, framework: str = "torchvision") -> str:
     """The one line for COCO weights that cannot be downloaded (build_engine.py says it too)."""
-    return (f"cannot download torchvision's COCO weights for {arch} from {url} ({reason}); "
+    return (f"cannot download {framework}'s COCO weights for {arch} from {url} ({reason}); "
             f"without network access, download that file elsewhere and pass --weights PATH")
 
 
@@ -212,7 +278,7 @@ def ensure_named_model(name: str, weights: str | Path | None = None, environ: Ma
     models = cache_dir(environ) / "models"
     target = models / model.name
     stamp = models / f"{model.name}.source"
-    source_path = Path(weights).expanduser() if weights else hub_checkpoint(model.weights_url, environ)
+    source_path = Path(weights).expanduser() if weights else cached_weights(model, environ)
     if weights and not source_path.is_file():
         raise ModelDirError(f"weights file not found: {source_path}")
     if _reusable(target, stamp, source_path):
@@ -262,8 +328,10 @@ def _build(model: NamedModel, target: Path, stamp: Path, source_path: Path, from
     if not from_file and not source_path.is_file():
         reason = unreachable_reason(model.weights_url)
         if reason:
-            raise ModelDirError(download_hint(model.arch, model.weights_url, reason))
-    say(f"{model.name}: first use: building {target} (torchvision {model.arch}, COCO weights)")
+            raise ModelDirError(download_hint(model.zoo_config or model.arch, model.weights_url, reason,
+                                              model.framework))
+    what = f"detectron2 {model.zoo_config}" if model.zoo_config else f"torchvision {model.arch}"
+    say(f"{model.name}: first use: building {target} ({what}, COCO weights)")
     missing = missing_export_modules()
     if missing:
         _install_export_requirements(model, missing, say)
@@ -272,6 +340,13 @@ def _build(model: NamedModel, target: Path, stamp: Path, source_path: Path, from
     if from_file:
         say(f"[weights] {source_path}")
         weights_arg = str(source_path)
+    elif model.framework == "detectron2":
+        if source_path.is_file():
+            say(f"[weights] detectron2's COCO weights from the cache ({source_path})")
+        else:
+            say(f"[weights] downloading {model.weights_url} into {source_path.parent}")
+            _download(model.weights_url, source_path)
+        weights_arg = str(source_path)
     elif source_path.is_file():
         say(f"[weights] torchvision's COCO weights from the torch-hub cache ({source_path})")
         weights_arg = "coco"
@@ -279,7 +354,13 @@ def _build(model: NamedModel, target: Path, stamp: Path, source_path: Path, from
         say(f"[weights] downloading {model.weights_url} into the torch-hub cache ({source_path.parent})")
         weights_arg = "coco"
     say("[export] build_engine.py: the ONNX graphs and model.json (under a minute on a few cores)")
-    command = [sys.executable, "-m", "build_engine", "--arch", model.arch, "--weights", weights_arg,
+    if model.framework == "detectron2":
+        config = target.parent / f"{model.name}.yaml"
+        config.write_text(json.dumps(model.detectron2_config, indent=2) + "\n")  # JSON is YAML
+        which = ["--detectron2-config", str(config), "--class-names", "coco"]
+    else:
+        which = ["--arch", model.arch]
+    command = [sys.executable, "-m", "build_engine", *which, "--weights", weights_arg,
                "--output", str(target), "--name", model.name, "--force"]
     # The exporter's lines and torchvision's download bar go to stderr; stdout is the server's log.
     result = subprocess.run(command, env=dict(environ), stdout=_stderr(), stdin=subprocess.DEVNULL)
@@ -290,6 +371,22 @@ def _build(model: NamedModel, target: Path, stamp: Path, source_path: Path, from
         raise ModelDirError(f"build_engine.py finished but the weights file {source_path} is not there")
     stamp.write_text(WeightsSource.of(source_path).to_json())
     say(f"{model.name}: ready in {time.perf_counter() - start:.0f} s; later starts reuse {target}")
+
+
+def _download(url: str, path: Path) -> None:
+    """`url` into `path` (written beside it, then renamed: an interrupted download leaves nothing)."""
+    import urllib.request
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ModelDirError(f"downloading {url} failed ({exc}); download it elsewhere and pass --weights PATH") from None
 
 
 def _install_export_requirements(model: NamedModel, missing: list[str], say: Say) -> None:

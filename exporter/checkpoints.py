@@ -115,11 +115,11 @@ def _whole_model_error(path: Path, value) -> CheckpointError:
         f"and pass that file instead")
 
 
-def _strip_prefix(state: dict, path: Path, weights_key: str | None) -> tuple[dict, str]:
+def _strip_prefix(state: dict, path: Path, weights_key: str | None, marker: str = MARKER_KEY) -> tuple[dict, str]:
     """Keys behind a wrapper prefix ("module.", "_orig_mod.", "model.", or several), found
-    where the MaskRCNN's own MARKER_KEY sits; other keys (a Lightning module's losses) are
+    where the model's own `marker` key sits; other keys (a Lightning module's losses) are
     dropped with the prefix. Several models in one dict (an EMA copy): `weights_key` picks."""
-    prefixes = sorted({k[: -len(MARKER_KEY)] for k in state if k.endswith(MARKER_KEY)})
+    prefixes = sorted({k[: -len(marker)] for k in state if k.endswith(marker)})
     if weights_key is not None:
         wanted = weights_key if weights_key.endswith(".") else weights_key + "."
         prefixes = [p for p in prefixes if p == wanted] or [p for p in prefixes if p.endswith(wanted)]
@@ -139,9 +139,11 @@ def _strip_prefix(state: dict, path: Path, weights_key: str | None) -> tuple[dic
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, f"prefix {prefix!r} removed"
 
 
-def read_checkpoint(path, weights_key: str | None = None, trust_pickle: bool = False) -> Checkpoint:
+def read_checkpoint(path, weights_key: str | None = None, trust_pickle: bool = False,
+                    marker: str = MARKER_KEY) -> Checkpoint:
     """The weights in `path` (see the module docstring). Raises CheckpointError (a
-    ValueError) saying what the file holds when no state_dict can be found in it."""
+    ValueError) saying what the file holds when no state_dict can be found in it. `marker`:
+    a key every state_dict of the expected model has (a torchvision MaskRCNN's by default)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -174,6 +176,6 @@ def read_checkpoint(path, weights_key: str | None = None, trust_pickle: bool = F
         hint = f"no key {weights_key!r}; " if weights_key is not None and not where else ""
         raise CheckpointError(f"{path} holds no state_dict ({hint}it holds a {_describe(value)}); name the key "
                               f"that holds the weights with --weights-key KEY")
-    state, stripped = _strip_prefix(value, path, weights_key if not where else None)
+    state, stripped = _strip_prefix(value, path, weights_key if not where else None, marker)
     layout += "".join(f", key {k!r}" for k in where) + (f", {stripped}" if stripped else "")
     return Checkpoint(state_dict=state, model=None, layout=layout)

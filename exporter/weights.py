@@ -162,14 +162,20 @@ def file_model(arch: str, path: Path, num_classes: int | None = None, backbone: 
         if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
-        raise WeightsError(f"{path} does not fit {architecture_name(arch, backbone)}: " + "; ".join(parts))
+        raise WeightsError(f"{path} does not fit {architecture_name(arch, backbone)}: "
+                           + misfit(missing, unexpected, mismatched))
     model.load_state_dict(state, strict=False)
     return model.eval(), checkpoint
+
+
+def misfit(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """Weights that do not fit a model, in one line: how many names of each kind, the first five."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
+    return "; ".join(parts)
 
 
 def set_resize_rule(model, min_size: int, max_size: int | None = None):
@@ -242,6 +248,21 @@ def scale_activations(model, generator) -> None:
     by layer, in one forward pass), the RPN's box deltas small, the box classifier spread by
     spread_class_scores."""
     image = calibration_image(generator)
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    scale_to_unit_spread(layers, lambda: model.eval()([image]))
+    with torch.no_grad():
+        head = model.rpn.head
+        head.bbox_pred.weight.mul_(0.1)
+        head.bbox_pred.bias.mul_(0.1)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.01, generator=generator)
+        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
+        spread_class_scores(model, generator, image=image, logit_std=0.5)
+
+
+def scale_to_unit_spread(layers, forward) -> None:
+    """Rescale each of `layers` (weight and bias) so that its output has unit standard
+    deviation while `forward()` runs, layer by layer in that one pass (each later layer sees
+    its inputs already rescaled)."""
 
     def unit_spread(module, inputs, output):
         spread = output.std().clamp_min(1e-6)
@@ -250,21 +271,13 @@ def scale_activations(model, generator) -> None:
             module.bias.div_(spread)
         return output / spread
 
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = [layer.register_forward_hook(unit_spread) for layer in layers]
     try:
         with torch.no_grad():
-            model.eval()([image])
+            forward()
     finally:
         for hook in hooks:
             hook.remove()
-    with torch.no_grad():
-        head = model.rpn.head
-        head.bbox_pred.weight.mul_(0.1)
-        head.bbox_pred.bias.mul_(0.1)
-        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0.0, 0.01, generator=generator)
-        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
-        spread_class_scores(model, generator, image=image, logit_std=0.5)
 
 
 def spread_class_scores(model, generator, logit_std: float = 2.0, image: torch.Tensor | None = None) -> None:

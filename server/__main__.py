@@ -10,7 +10,9 @@ The model directory is --model-dir, else $SM_MODEL_DIR, else /opt/ml/model (wher
 unpacks model.tar.gz). With none of them, the demo model shipped in the `demo` package
 (demo/model: circles, squares and triangles) is served, so a fresh machine works offline.
 `--model coco-v1` (or `coco-v2`; `--coco` is coco-v1) serves torchvision's COCO model instead,
-built on first use under the cache folder (engine.named_models), before the socket opens.
+and `--model detectron2-r50-fpn-3x` (or -r101-fpn-3x, -x101-32x8d-fpn-3x) one of detectron2's
+model-zoo COCO models, built on first use under the cache folder (engine.named_models), before
+the socket opens.
 
 Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
 while a background thread loads the model and runs one warm-up inference, then 200.
@@ -81,13 +83,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     which.add_argument("--model-dir", help=f"model directory (default: $SM_MODEL_DIR, else "
                        f"{DEFAULT_MODEL_DIR}, else the bundled demo model)")
     which.add_argument("--model", choices=list(NAMED_MODELS),
-                       help="torchvision's COCO Mask R-CNN (v1: ResNet-50 FPN, v2: its improved version), "
+                       help="torchvision's COCO Mask R-CNN (v1: ResNet-50 FPN, v2: its improved version) or "
+                            "detectron2's model-zoo COCO Mask R-CNN (R50/R101/X101-32x8d FPN, 3x schedule), "
                             "built on first use into $MASKRCNN_CACHE_DIR (default ~/.cache/maskrcnn-serve); "
                             "installs torch into this venv and downloads the weights the first time")
     which.add_argument("--coco", action="store_const", const="coco-v1", dest="model", help="--model coco-v1")
     parser.add_argument("--weights", metavar="PATH",
-                        help="with --model: build from this state_dict file instead of downloading "
-                             "torchvision's (for machines without network)")
+                        help="with --model: build from this weights file instead of downloading it "
+                             "(torchvision's state_dict, detectron2's model_final .pkl; for machines without network)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, help=f"default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}")
     parser.add_argument("--threads", type=int,

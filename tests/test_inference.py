@@ -14,11 +14,15 @@ from server_fixtures import post, assert_error
 from server_fixtures import engine, client, jpeg_body  # noqa: F401  (fixtures)
 
 
+UNLIMITED_MB = 1 << 30
+
 # ---- concurrency: a full queue is 503, pings never wait --------------------------------------------
 
 
 def test_full_queue_is_503_with_retry_after_and_ping_stays_fast(engine, jpeg_body):
-    config = ServerConfig(workers=1, queue_size=1, retry_after_s=3)
+    # the memory budget out of the way: this process's own size (every test's imports, models
+    # other tests ran) is not what is tested here
+    config = ServerConfig(workers=1, queue_size=1, retry_after_s=3, memory_budget_mb=UNLIMITED_MB)
     executor = InferenceExecutor(config.workers, config.queue_size)
     client = falcon.testing.TestClient(create_app(engine, config, executor))
     engine.gate = threading.Event()
@@ -73,7 +77,7 @@ def test_executor_refuses_beyond_capacity():
 
 
 def test_waiting_longer_than_the_timeout_is_504(engine, jpeg_body):
-    client = falcon.testing.TestClient(create_app(engine, ServerConfig(timeout_s=0.2)))
+    client = falcon.testing.TestClient(create_app(engine, ServerConfig(timeout_s=0.2, memory_budget_mb=UNLIMITED_MB)))
     engine.gate = threading.Event()
     first = threading.Thread(target=post, args=(client, jpeg_body))
     first.start()

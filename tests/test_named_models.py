@@ -28,7 +28,7 @@ from server_fixtures import encode_pil
 
 
 
-@pytest.mark.parametrize("name", list(named.NAMED_MODELS))
+@pytest.mark.parametrize("name", [n for n, m in named.NAMED_MODELS.items() if m.framework == "torchvision"])
 def test_named_models_are_torchvisions_coco_weights(name, torch_cpu):
     import torchvision.models.detection as detection
 
@@ -121,6 +121,17 @@ def test_offline_without_cached_weights_is_one_line_naming_the_weights_option(tm
     assert lines[0].startswith("serve: error: cannot download torchvision's COCO weights")
     assert "--weights PATH" in lines[0] and "https://download.pytorch.org/models/maskrcnn_resnet50_fpn" in lines[0]
     assert not (tmp_path / "cache" / "models" / flag[-1].replace("--coco", "coco-v1")).exists()
+
+
+def test_offline_detectron2_zoo_model_is_one_line_naming_the_weights_option(tmp_path):
+    env = {"MASKRCNN_CACHE_DIR": str(tmp_path / "cache"), **DEAD_PROXY}
+    result = run_serve("--model", "detectron2-r50-fpn-3x", env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("serve: error: cannot download detectron2's COCO weights")
+    assert "--weights PATH" in lines[0] and named.DETECTRON2_ZOO + "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/" in lines[0]
+    assert not (tmp_path / "cache" / "models" / "detectron2-r50-fpn-3x").exists()
 
 
 def test_a_missing_weights_file_is_one_line(tmp_path):

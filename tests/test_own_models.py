@@ -227,7 +227,7 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
     import requests
 
     from server_process import ServerProcess
-    from test_readme_examples import README_URL, readme_block
+    from test_readme_examples import readme_block, readme_boto3_answer
 
     code = readme_block("### Your own Mask R-CNN", "python")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)
@@ -259,14 +259,7 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
         assert ping["model"] == "pennfudan" and ping["classes"] == TUTORIAL_CLASSES[1:]
         (tmp_path / "horse-guard.jpg").write_bytes(
             __import__("server_fixtures").encode_pil(photo("astronaut"), "JPEG", quality=90))
-        client = readme_block("boto3, exactly as the seed API's examples", "python").replace(README_URL, server.url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        result = subprocess.run([sys.executable, "-c", client], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=120, env=env)
-        assert result.returncode == 0, result.stderr
-        import ast
-
-        answer = ast.literal_eval(result.stdout.strip())
+        answer = readme_boto3_answer(server.url, tmp_path)
         names = {label.rsplit(" ", 1)[0] for label in answer["labels"]}
         assert answer["labels"] and names <= set(TUTORIAL_CLASSES[1:]), answer["labels"]
     finally:

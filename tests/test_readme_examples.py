@@ -35,6 +35,16 @@ def readme_block(after: str, language: str) -> str:
     return match.group(1)
 
 
+def readme_boto3_answer(server_url: str, cwd) -> dict:
+    """The README's boto3 example (the seed API's) run against `server_url` from `cwd`, which
+    holds its horse-guard.jpg, without AWS settings: the JSON answer it prints."""
+    client = readme_block("boto3, exactly as the seed API's examples", "python").replace(README_URL, server_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run([sys.executable, "-c", client], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout.strip())
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = ServerProcess(None, tmp_path_factory.mktemp("readme") / "server.log", extra_env={"SM_MODEL_DIR": None})
