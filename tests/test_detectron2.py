@@ -170,6 +170,19 @@ def test_int8_conversion(subjects, tmp_path):
 
 # --- errors: one line, the key named, no traceback ----------------------------------------------
 
+def cli(capsys, *argv) -> subprocess.CompletedProcess:
+    """build_engine.main in this process, for the failures that stop before any export (a
+    child process costs seconds of importing torch): its exit code and stderr."""
+    import build_engine
+
+    capsys.readouterr()
+    try:
+        code = build_engine.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    return subprocess.CompletedProcess(argv, code, "", capsys.readouterr().err)
+
+
 def _one_line_error(result, *words):
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -185,9 +198,9 @@ def _one_line_error(result, *words):
     ("Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml", "MODEL.ROI_HEADS.NAME"),
     ("Misc/mask_rcnn_R_50_FPN_3x_dconv_c3-c5.yaml", "DEFORM_ON_PER_STAGE"),
 ])
-def test_unsupported_configs_are_one_clear_error(config, key, subjects):
+def test_unsupported_configs_are_one_clear_error(config, key, subjects, capsys):
     subject = subjects("R50-FPN-3x")
-    result = build("--detectron2-config", detectron2_reference.configs_dir() / config, "--weights",
+    result = cli(capsys, "--detectron2-config", detectron2_reference.configs_dir() / config, "--weights",
                    subject["weights"], "--output", subject["folder"] / "unsupported")
     _one_line_error(result, key)
     assert not (subject["folder"] / "unsupported").exists()
@@ -200,15 +213,15 @@ def test_weights_that_do_not_fit_list_detectron2_names(subjects, tmp_path):
     _one_line_error(result, "missing", "backbone.body.layer3")
 
 
-def test_class_names_must_match_num_classes(subjects, tmp_path):
+def test_class_names_must_match_num_classes(subjects, tmp_path, capsys):
     subject = subjects("R50-FPN-3x")
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
-    result = build("--detectron2-config", subject["config"], "--weights", subject["weights"], "--class-names",
+    result = cli(capsys, "--detectron2-config", subject["config"], "--weights", subject["weights"], "--class-names",
                    tmp_path / "names.txt", "--output", tmp_path / "x")
     _one_line_error(result, "3 classes", "NUM_CLASSES 80")
 
 
-def test_a_pkl_that_pickles_code_is_refused(subjects, tmp_path):
+def test_a_pkl_that_pickles_code_is_refused(subjects, tmp_path, capsys):
     """A .pkl is read by an unpickler that builds numpy arrays and nothing else."""
     marker = tmp_path / "ran"
 
@@ -219,27 +232,27 @@ def test_a_pkl_that_pickles_code_is_refused(subjects, tmp_path):
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"model": {"x": Payload()}, "__author__": "someone"}))
     subject = subjects("R50-FPN-3x")
-    result = build("--detectron2-config", subject["config"], "--weights", path, "--output", tmp_path / "x")
+    result = cli(capsys, "--detectron2-config", subject["config"], "--weights", path, "--output", tmp_path / "x")
     _one_line_error(result, "pickles io.open")
     assert not marker.exists()
 
 
-def test_caffe2_backbone_pkl_is_named(subjects, tmp_path):
+def test_caffe2_backbone_pkl_is_named(subjects, tmp_path, capsys):
     path = tmp_path / "R-50.pkl"
     path.write_bytes(pickle.dumps({"blobs": {"res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32),
                                              "conv1_w": np.zeros((64, 3, 7, 7), np.float32)}}))
     subject = subjects("R50-FPN-3x")
-    result = build("--detectron2-config", subject["config"], "--weights", path, "--output", tmp_path / "x")
+    result = cli(capsys, "--detectron2-config", subject["config"], "--weights", path, "--output", tmp_path / "x")
     _one_line_error(result, "Caffe2")
 
 
-def test_flags_that_do_not_apply(subjects, tmp_path):
+def test_flags_that_do_not_apply(subjects, tmp_path, capsys):
     subject = subjects("R50-FPN-3x")
     for extra in (["--backbone", "resnet50"], ["--min-size", "600"], ["--arch", "maskrcnn_resnet50_fpn"]):
-        result = build("--detectron2-config", subject["config"], "--weights", subject["weights"], *extra,
+        result = cli(capsys, "--detectron2-config", subject["config"], "--weights", subject["weights"], *extra,
                        "--output", tmp_path / "x")
         _one_line_error(result)
-    result = build("--detectron2-config", subject["config"], "--weights", "random", "--output", tmp_path / "x")
+    result = cli(capsys, "--detectron2-config", subject["config"], "--weights", "random", "--output", tmp_path / "x")
     _one_line_error(result, ".pkl or .pth")
 
 
