@@ -97,11 +97,11 @@ NAMED_MODELS = {
 DETECTRON2_ZOO = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
-def _detectron2_fpn_config(depth: int, **resnets) -> dict:
+def _detectron2_fpn_config(depth: int, pixel_std=None, **resnets) -> dict:
     """The settings of detectron2's COCO-InstanceSegmentation/mask_rcnn_*_FPN_3x.yaml (its
     Base-RCNN-FPN.yaml and the file's own keys) that a converter reads; the rest are
-    detectron2's defaults. tests/test_detectron2.py checks them against the zoo's files."""
-    pixel_std = resnets.pop("PIXEL_STD", None)
+    detectron2's defaults. tests/test_detectron2.py checks them against the zoo's files.
+    `resnets`: MODEL.RESNETS keys beside DEPTH."""
     levels = ["res2", "res3", "res4", "res5"]
     model = {
         "META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": True,
@@ -119,9 +119,9 @@ def _detectron2_fpn_config(depth: int, **resnets) -> dict:
     return {"MODEL": model, "VERSION": 2}
 
 
-def _detectron2_model(name: str, zoo_config: str, run: str, depth: int, **resnets) -> NamedModel:
+def _detectron2_model(name: str, zoo_config: str, run: str, depth: int, pixel_std=None, **resnets) -> NamedModel:
     return NamedModel(name, "detectron2", zoo_config, f"{DETECTRON2_ZOO}{zoo_config}/{run}", zoo_config,
-                      _detectron2_fpn_config(depth, **resnets))
+                      _detectron2_fpn_config(depth, pixel_std, **resnets))
 
 
 # detectron2's MODEL_ZOO.md: COCO Mask R-CNN FPN 3x models (run id / file name)
@@ -133,8 +133,8 @@ NAMED_MODELS.update({
         _detectron2_model("detectron2-r101-fpn-3x", "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x",
                           "138205316/model_final_a3ec72.pkl", 101),
         _detectron2_model("detectron2-x101-32x8d-fpn-3x", "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x",
-                          "139653917/model_final_2d9806.pkl", 101, STRIDE_IN_1X1=False, NUM_GROUPS=32,
-                          WIDTH_PER_GROUP=8, PIXEL_STD=[57.375, 57.120, 58.395]),
+                          "139653917/model_final_2d9806.pkl", 101,
+                          [57.375, 57.120, 58.395], STRIDE_IN_1X1=False, NUM_GROUPS=32, WIDTH_PER_GROUP=8),
     )
 })
 

@@ -23,22 +23,18 @@ import pickle
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, read_checkpoint
-
-if TYPE_CHECKING:
-    from .detectron2_config import Detectron2Config
+from .detectron2_config import RESNET_STAGES, Detectron2Config, read_detectron2_config
 
 # Where the RPN's objectness conv sits in every detectron2 GeneralizedRCNN: tells a wrapper prefix.
 MARKER_KEY = "proposal_generator.rpn_head.objectness_logits.weight"
 BACKGROUND = "__background__"
 RESNET_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-STAGES = ("res2", "res3", "res4", "res5")  # detectron2's names of torchvision's layer1..layer4
 
 
 class BoxHead(nn.Module):
@@ -124,8 +120,9 @@ def build_model(cfg: Detectron2Config):
         for layer in (body.layer2, body.layer3, body.layer4):
             layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
     in_features = list(cfg.fpn_in_features)
-    return_layers = {f"layer{STAGES.index(name) + 1}": str(i) for i, name in enumerate(in_features)}
-    in_channels = [cfg.res2_out_channels * 2 ** STAGES.index(name) for name in in_features]
+    # detectron2's res2..res5 are torchvision's layer1..layer4
+    return_layers = {f"layer{RESNET_STAGES.index(name) + 1}": str(i) for i, name in enumerate(in_features)}
+    in_channels = [cfg.res2_out_channels * 2 ** RESNET_STAGES.index(name) for name in in_features]
     backbone = BackboneWithFPN(body, return_layers, in_channels, cfg.fpn_out_channels, extra_blocks=LastLevelMaxPool())
 
     levels = _fpn_level_names(cfg)
@@ -303,7 +300,6 @@ def export_detectron2(config_path, weights_path, output_dir, class_names: list[s
     export_options go to exporter.export (name, overwrite, weight_bits with INT8)."""
     from engine.model_dir import sha256_of
 
-    from .detectron2_config import read_detectron2_config
     from .export import export
 
     cfg = read_detectron2_config(config_path)

@@ -124,14 +124,9 @@ ODD_SIZES = {"coffee-333x517": ("coffee", (333, 517)), "chelsea-tall": ("chelsea
 
 def odd_photo(name: str) -> np.ndarray:
     """A skimage photo by name, or one of ODD_SIZES: resized to odd sizes and aspect ratios."""
-    import cv2
+    from helpers import photo, resized_photo
 
-    from benchmarks.inputs import skimage_photo
-
-    if name not in ODD_SIZES:
-        return skimage_photo(name)
-    source, (h, w) = ODD_SIZES[name]
-    return np.ascontiguousarray(cv2.resize(skimage_photo(source), (w, h), interpolation=cv2.INTER_AREA))
+    return resized_photo(*ODD_SIZES[name]) if name in ODD_SIZES else photo(name)
 
 
 def build_subject(spec: dict) -> None:

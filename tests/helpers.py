@@ -1,7 +1,9 @@
 """Plain helpers the tests share (fixtures live in conftest.py).
 
 * photo(name): a real photograph shipped with scikit-image, HxWx3 uint8 RGB, the one photo
-  loader of the tests and the benchmarks (benchmarks.inputs.skimage_photo).
+  loader of the tests and the benchmarks (benchmarks.inputs.skimage_photo);
+  resized_photo(name, (h, w)): the same at another size and aspect ratio.
+* run_build_engine(*argv): build_engine.py in a child process, as a user runs it.
 * build_small_maskrcnn(seed): a small custom torchvision MaskRCNN with seeded random weights.
 * torchvision_predict, match_detections, box_iou_matrix, mask_iou: the parity tests' reference
   run and how detections are matched to it.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,6 +33,19 @@ DEMO = ROOT / "demo" / "model"  # the trained demo model, committed
 PHOTOS = ("astronaut", "coffee", "chelsea")
 DEAD_PROXY = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
 photo = skimage_photo  # the project root is on pytest's path (pyproject pythonpath)
+
+
+def resized_photo(name: str, shape) -> np.ndarray:
+    """photo(name) resized (area interpolation) to `shape` (h, w): odd sizes and aspect ratios."""
+    import cv2
+
+    return np.ascontiguousarray(cv2.resize(photo(name), (shape[1], shape[0]), interpolation=cv2.INTER_AREA))
+
+
+def run_build_engine(*argv, timeout: float = 600) -> subprocess.CompletedProcess:
+    """build_engine.py with `argv` (str()-ed) in a child process from the project root; output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
 
 
 SMALL_CLASSES = ["__background__", "disc", "block", "wedge", "ring"]

@@ -20,7 +20,7 @@ import pytest
 
 import detectron2_reference
 from detectron2_models import detectron2_cfg, load_references, odd_photo
-from helpers import ROOT, mask_iou, match_detections, photo
+from helpers import ROOT, mask_iou, match_detections, photo, run_build_engine
 from engine import Engine
 
 torch = pytest.importorskip("torch")
@@ -41,11 +41,6 @@ SUBJECTS = {
     "X101-32x8d-FPN": (f"{ZOO}/mask_rcnn_X_101_32x8d_FPN_3x.yaml", {}, "pth", ("astronaut",)),
 }
 CUSTOM_NAMES = ["pedestrian", "cyclist", "car", "bus", "truck", "dog", "cat"]
-
-
-def build(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *map(str, argv)], capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +119,8 @@ def test_build_engine_cli_converts_a_zoo_pkl(subjects, tmp_path):
     same model directory as the Python conversion of the dumped config."""
     subject = subjects("R50-FPN-3x")
     zoo_config = detectron2_reference.configs_dir() / SUBJECTS["R50-FPN-3x"][0]
-    result = build("--detectron2-config", zoo_config, "--weights", subject["weights"], "--output", tmp_path / "cli")
+    result = run_build_engine("--detectron2-config", zoo_config, "--weights", subject["weights"], "--output",
+                              tmp_path / "cli", timeout=900)
     assert result.returncode == 0, result.stderr
     assert "class_1..class_80" in result.stderr
     config = json.loads((tmp_path / "cli" / "model.json").read_text())
@@ -151,8 +147,9 @@ def test_int8_conversion(subjects, tmp_path):
     for name in ("motorcycle", "rocket"):
         cv2.imwrite(str(calib / f"{name}.jpg"), photo(name)[..., ::-1])
     (tmp_path / "names.txt").write_text("__background__\n" + "\n".join(f"thing{i}" for i in range(1, 81)) + "\n")
-    result = build("--detectron2-config", subject["config"], "--weights", subject["weights"], "--class-names",
-                   tmp_path / "names.txt", "--int8", "--calib-images", calib, "--output", tmp_path / "int8")
+    result = run_build_engine("--detectron2-config", subject["config"], "--weights", subject["weights"], "--class-names",
+                              tmp_path / "names.txt", "--int8", "--calib-images", calib, "--output", tmp_path / "int8",
+                              timeout=900)
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert config["quantization"]["precision"] == "int8" and config["class_names"][1] == "thing1"
@@ -209,7 +206,8 @@ def test_unsupported_configs_are_one_clear_error(config, key, subjects, capsys):
 def test_weights_that_do_not_fit_list_detectron2_names(subjects, tmp_path):
     subject = subjects("R50-FPN-3x")
     config = detectron2_reference.configs_dir() / f"{ZOO}/mask_rcnn_R_101_FPN_3x.yaml"
-    result = build("--detectron2-config", config, "--weights", subject["weights"], "--output", tmp_path / "x")
+    result = run_build_engine("--detectron2-config", config, "--weights", subject["weights"], "--output", tmp_path / "x",
+                              timeout=900)
     _one_line_error(result, "missing", "backbone.body.layer3")
 
 
@@ -358,33 +356,19 @@ def test_readme_detectron2_recipe_end_to_end(subjects, tmp_path):
     """README "Serving a detectron2 model", as written, on a training run's output folder:
     build_engine.py -> engine info -> serve --model-dir -> the seed's boto3 call answers with
     the class names given."""
-    import os
-    import shlex
     import shutil
 
     import requests
 
     from server_fixtures import encode_pil
     from server_process import ServerProcess
-    from test_readme_examples import readme_block, readme_boto3_answer
+    from test_readme_examples import readme_boto3_answer, run_readme_setup
 
     subject = subjects("R101-FPN-custom")
     (tmp_path / "output").mkdir()
     shutil.copy(subject["config"], tmp_path / "output" / "config.yaml")
     shutil.copy(subject["weights"], tmp_path / "output" / "model_final.pth")
-    commands = [line for line in readme_block("### Serving a detectron2 model", "bash").replace("\\\n", " ").splitlines()
-                if line.strip() and not line.startswith("#")]
-    assert commands[-1].startswith("serve --model-dir ")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for line in commands[:-1]:
-        argv = shlex.split(line)
-        if argv[0] == "python":
-            argv = [sys.executable, *(str(ROOT / a) if a == "build_engine.py" else a for a in argv[1:])]
-            result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-            assert result.returncode == 0, result.stderr
-        else:
-            subprocess.run(line, shell=True, cwd=tmp_path, check=True)
-    model_dir = tmp_path / shlex.split(commands[-1])[-1]
+    model_dir = run_readme_setup("### Serving a detectron2 model", tmp_path)
     assert json.loads((model_dir / "model.json").read_text())["class_names"][1:] == CUSTOM_NAMES
     server = ServerProcess(model_dir, tmp_path / "server.log")
     try:

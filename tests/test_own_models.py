@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, mask_iou, match_detections, photo, torchvision_predict
+from helpers import ROOT, mask_iou, match_detections, photo, resized_photo, run_build_engine, torchvision_predict
 from engine import Engine
 
 torch = pytest.importorskip("torch")
@@ -114,20 +114,16 @@ class _Dangerous:
         return (open, (self.path, "w"))
 
 
-def build(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "build_engine.py"), *map(str, argv)], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
-
-
 def test_a_whole_pickled_model_needs_trust_pickle(tutorial, tmp_path):
     _, folder = tutorial
-    refused = build("--weights", folder / "whole.pth", "--class-names", folder / "names.txt", "--output", tmp_path / "m")
+    refused = run_build_engine("--weights", folder / "whole.pth", "--class-names", folder / "names.txt",
+                               "--output", tmp_path / "m")
     assert refused.returncode != 0
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
     assert "whole pickled model" in lines[0] and "MaskRCNN" in lines[0] and "--trust-pickle" in lines[0]
     assert not (tmp_path / "m").exists()
-    assert "UNSAFE" in build("--help").stdout
+    assert "UNSAFE" in run_build_engine("--help").stdout
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -187,18 +183,12 @@ def own_models(tmp_path_factory):
     return get
 
 
-def odd_photo(name: str, shape) -> np.ndarray:
-    import cv2
-
-    return np.ascontiguousarray(cv2.resize(photo(name), (shape[1], shape[0]), interpolation=cv2.INTER_AREA))
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_own_models_match_torchvision(name, own_models):
     model, path = own_models(name)
     threshold = 0.3
-    images = {"astronaut": photo("astronaut"), "coffee-333x517": odd_photo("coffee", (333, 517)),
-              "chelsea-tall": odd_photo("chelsea", (451, 300))}
+    images = {"astronaut": photo("astronaut"), "coffee-333x517": resized_photo("coffee", (333, 517)),
+              "chelsea-tall": resized_photo("chelsea", (451, 300))}
     references = {k: torchvision_predict(model, im, threshold, model.roi_heads.detections_per_img)
                   for k, im in images.items()}
     for backend in CPU_BACKENDS:
@@ -222,12 +212,11 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
     checkpoint -> build_engine.py -> engine info -> serve --model-dir -> the seed's boto3 call
     answers with the user's class names, and /ping names the model."""
     import os
-    import shlex
 
     import requests
 
     from server_process import ServerProcess
-    from test_readme_examples import readme_block, readme_boto3_answer
+    from test_readme_examples import readme_block, readme_boto3_answer, run_readme_setup
 
     code = readme_block("### Your own Mask R-CNN", "python")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)
@@ -236,22 +225,11 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
     checkpoint["model"] = tutorial_model().state_dict()  # weights that detect something, same layout
     torch.save(checkpoint, tmp_path / "checkpoint.pth")
 
-    commands = [line for line in readme_block("the tutorial's model surgery", "bash").splitlines() if line.strip()]
-    assert commands[-1].startswith("serve --model-dir ")
-    for line in commands[:-1]:
-        argv = shlex.split(line)
-        if argv[0] == "python":
-            argv = [sys.executable, *(str(ROOT / a) if a == "build_engine.py" else a for a in argv[1:])]
-            result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-            assert result.returncode == 0, result.stderr
-        else:
-            subprocess.run(line, shell=True, cwd=tmp_path, check=True)
+    model_dir = run_readme_setup("the tutorial's model surgery", tmp_path)
     info = subprocess.run([sys.executable, "-m", "engine", "info", "models/pennfudan", "--json"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert json.loads(info.stdout)["classes"] == TUTORIAL_CLASSES
 
-    model_dir = tmp_path / shlex.split(commands[-1])[-1]
     server = ServerProcess(model_dir, tmp_path / "server.log")
     try:
         server.wait_ready()
@@ -282,9 +260,9 @@ def test_int8_build_of_a_custom_backbone_through_the_cli(own_models, tmp_path):
     calib.mkdir()
     for name in ("motorcycle", "rocket", "coffee"):
         cv2.imwrite(str(calib / f"{name}.jpg"), photo(name)[..., ::-1])
-    result = build("--backbone", "mobilenet_v3_large", "--weights", tmp_path / "model.pth", "--model-kwargs",
-                   tmp_path / "kwargs.json", "--class-names", tmp_path / "names.txt", "--int8", "--calib-images", calib,
-                   "--output", tmp_path / "int8")
+    result = run_build_engine("--backbone", "mobilenet_v3_large", "--weights", tmp_path / "model.pth", "--model-kwargs",
+                              tmp_path / "kwargs.json", "--class-names", tmp_path / "names.txt", "--int8",
+                              "--calib-images", calib, "--output", tmp_path / "int8")
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert config["arch"] == "maskrcnn_mobilenet_v3_large_fpn" and config["quantization"]["precision"] == "int8"

@@ -12,7 +12,7 @@ import functools
 import numpy as np
 import pytest
 
-from helpers import mask_iou, match_detections, photo, torchvision_predict
+from helpers import mask_iou, match_detections, photo, resized_photo, torchvision_predict
 from engine import Engine
 
 CPU_BACKENDS = ["onnxruntime-cpu", "openvino"]
@@ -92,9 +92,7 @@ def test_small_custom_model_parity(name, threshold, max_detections, backend, sma
 @pytest.mark.parametrize("shape", [(37, 53), (500, 200), (1200, 1600)])
 def test_small_model_parity_on_odd_sizes(shape, backend, small_model, small_model_dir):
     """Resize rule, padding and box scaling for sizes other than the photos'."""
-    import cv2
-
-    image = np.ascontiguousarray(cv2.resize(photo("coffee"), (shape[1], shape[0]), interpolation=cv2.INTER_AREA))
+    image = resized_photo("coffee", shape)
     engine = load(small_model_dir, backend)
     ref = reference(small_model, ("coffee", shape), image, 0.3)
     det = engine.predict(image, score_threshold=0.3)

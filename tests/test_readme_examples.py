@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,27 @@ def readme_block(after: str, language: str) -> str:
     match = re.compile(rf"^```{language}\n(.*?)^```", re.S | re.M).search(text, start)
     assert match, f"no {language} block after {after!r} in README.md"
     return match.group(1)
+
+
+def run_readme_setup(after: str, cwd) -> Path:
+    """The README's bash block after `after`, whose last line is `serve --model-dir DIR`, run
+    line by line in `cwd` up to that line (`python` is this Python, build_engine.py the
+    project's, comments and line continuations as bash reads them): the DIR it would serve."""
+    import shlex
+
+    block = readme_block(after, "bash").replace("\\\n", " ")
+    commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[-1].startswith("serve --model-dir "), commands[-1]
+    for line in commands[:-1]:
+        argv = shlex.split(line)
+        if argv[0] == "python":
+            argv = [sys.executable, *(str(REPO / a) if a == "build_engine.py" else a for a in argv[1:])]
+            result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert result.returncode == 0, result.stderr
+        else:
+            subprocess.run(line, shell=True, cwd=cwd, check=True)
+    return Path(cwd) / shlex.split(commands[-1])[-1]
 
 
 def readme_boto3_answer(server_url: str, cwd) -> dict:
