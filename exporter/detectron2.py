@@ -214,6 +214,32 @@ def torchvision_state_dict(state: dict, cfg: Detectron2Config) -> dict:
     return renamed
 
 
+def detectron2_weight_names(cfg: Detectron2Config) -> list[str]:
+    """The names of the weights detectron2's model for `cfg` has (FrozenBN's four buffers per
+    norm), in its naming: what its checkpoints hold."""
+    norm = [f"norm.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+
+    def conv(prefix: str, bias: bool = False) -> list[str]:
+        return [f"{prefix}.weight"] + ([f"{prefix}.bias"] if bias else []) + [f"{prefix}.{n}" for n in norm]
+
+    names = conv("backbone.bottom_up.stem.conv1")
+    for stage, blocks in zip(RESNET_STAGES, RESNET_BLOCKS[cfg.depth]):
+        for block in range(blocks):
+            prefix = f"backbone.bottom_up.{stage}.{block}"
+            names += [n for i in (1, 2, 3) for n in conv(f"{prefix}.conv{i}")]
+            if block == 0:
+                names += conv(f"{prefix}.shortcut")
+    for stage in cfg.fpn_in_features:
+        names += [f"backbone.fpn_{kind}{stage[3:]}.{p}" for kind in ("lateral", "output") for p in ("weight", "bias")]
+    names += [f"proposal_generator.rpn_head.{layer}.{p}" for layer in ("conv", "objectness_logits", "anchor_deltas")
+              for p in ("weight", "bias")]
+    names += [f"roi_heads.box_head.fc{i}.{p}" for i in range(1, cfg.box_num_fc + 1) for p in ("weight", "bias")]
+    names += [f"roi_heads.box_predictor.{layer}.{p}" for layer in ("cls_score", "bbox_pred") for p in ("weight", "bias")]
+    names += [f"roi_heads.mask_head.mask_fcn{i}.{p}" for i in range(1, cfg.mask_num_conv + 1) for p in ("weight", "bias")]
+    names += [f"roi_heads.mask_head.{layer}.{p}" for layer in ("deconv", "predictor") for p in ("weight", "bias")]
+    return names
+
+
 class _NumpyOnly(pickle.Unpickler):
     """Unpickles dicts, lists, numbers, strings and numpy arrays; refuses every other global,
     so a .pkl cannot run code."""
@@ -260,16 +286,20 @@ def read_detectron2_weights(path, weights_key: str | None = None) -> tuple[dict,
 
 def load_model(cfg: Detectron2Config, weights_path, weights_key: str | None = None):
     """(model, layout): build_model(cfg) with the weights in `weights_path`. Weights that do not
-    fit are one WeightsError listing the missing, unexpected and mis-shaped names (detectron2's)."""
+    fit are one WeightsError listing the missing, unexpected and mis-shaped names, all in
+    detectron2's naming."""
     from .weights import WeightsError, misfit
 
     state, layout = read_detectron2_weights(weights_path, weights_key)
     model = build_model(cfg)
     expected = model.state_dict()
     renamed = torchvision_state_dict(state, cfg)
-    back = dict(zip(renamed, state))  # torchvision name -> detectron2 name, for the messages
+    # torchvision name -> detectron2 name, for the messages: the file's names, and the names
+    # detectron2's model has (for weights the file lacks)
+    every = detectron2_weight_names(cfg)
+    back = {**dict(zip(torchvision_state_dict(dict.fromkeys(every), cfg), every)), **dict(zip(renamed, state))}
     renamed = {k: v for k, v in renamed.items() if not k.endswith("num_batches_tracked")}  # BN's step counters
-    missing = [k for k in expected if k not in renamed]
+    missing = [back.get(k, k) for k in expected if k not in renamed]
     unexpected = [back[k] for k in renamed if k not in expected]
     mismatched = [f"{back[k]} {tuple(v.shape)} != {tuple(expected[k].shape)}" for k, v in renamed.items()
                   if k in expected and tuple(v.shape) != tuple(expected[k].shape)]

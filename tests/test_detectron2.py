@@ -208,7 +208,23 @@ def test_weights_that_do_not_fit_list_detectron2_names(subjects, tmp_path):
     config = detectron2_reference.configs_dir() / f"{ZOO}/mask_rcnn_R_101_FPN_3x.yaml"
     result = run_build_engine("--detectron2-config", config, "--weights", subject["weights"], "--output", tmp_path / "x",
                               timeout=900)
-    _one_line_error(result, "missing", "backbone.body.layer3")
+    _one_line_error(result, "missing", "backbone.bottom_up.res4.6.conv1.weight")
+
+
+@pytest.mark.parametrize("name", ["R50-FPN-3x", "R101-FPN-custom"])
+def test_the_weight_names_detectron2s_models_have_are_known(name, subjects):
+    """exporter.detectron2's list of a config's weight names (which names the misfit messages)
+    is exactly what detectron2's own model saved, and maps one to one onto the rebuilt model."""
+    from exporter.detectron2 import build_model, detectron2_weight_names, read_detectron2_weights, torchvision_state_dict
+    from exporter.detectron2_config import read_detectron2_config
+
+    subject = subjects(name)
+    cfg = read_detectron2_config(subject["config"])
+    names = detectron2_weight_names(cfg)
+    saved, _ = read_detectron2_weights(subject["weights"])
+    assert sorted(names) == sorted(k for k in saved if not k.endswith("num_batches_tracked"))
+    rebuilt = torchvision_state_dict(dict.fromkeys(names), cfg)
+    assert len(rebuilt) == len(names) and set(rebuilt) == set(build_model(cfg).state_dict())
 
 
 def test_class_names_must_match_num_classes(subjects, tmp_path, capsys):
