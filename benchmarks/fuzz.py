@@ -9,6 +9,9 @@ ones with a small example count):
 * images, big_headers, arbitrary_bytes, non_bytes: engine.image_io.probe_image and
   decode_image on mutated small JPEGs/PNGs, headers declaring huge sizes, random bytes and
   non-bytes. They return a correct result or raise ImageDecodeError (TypeError for non-bytes).
+* decode_bombs: PNG IDAT and compressed-text bombs and many-scan JPEGs (builders in
+  benchmarks/decode_bombs.py) at random declared sizes: probe_image refuses exactly those
+  over engine.decode_work's bounds, within REFUSAL_CPU_S of CPU time, and decodes the rest.
 * custom_attributes: server.negotiation.parse_custom_attributes gives a RequestOptions or
   raises BadRequest (400), nothing else.
 * accept: server.negotiation.choose_response_type gives an offered type or raises
@@ -47,6 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import write_results  # noqa: E402
+from benchmarks.decode_bombs import MIB, jpeg_scan_bomb, png_bomb, png_text_bomb  # noqa: E402
+from engine.decode_work import MAX_ARITHMETIC_JPEG_SCANS, MAX_JPEG_SCANS, MAX_PNG_TEXT_BYTES  # noqa: E402
+from engine.decode_work import PNG_INFLATE_SLACK_BYTES, png_raw_size  # noqa: E402
 from engine.errors import ImageDecodeError  # noqa: E402
 from engine.image_io import JPEG_MAGIC, PNG_MAGIC, decode_image, probe_image  # noqa: E402
 from engine.media_types import RESPONSE_TYPES  # noqa: E402
@@ -57,6 +63,9 @@ from server.negotiation import choose_response_type, parse_custom_attributes  # 
 
 # A refusal by size happens before any pixel is decoded: microseconds. Generous for shared CI.
 REFUSAL_S = 1.0
+# The CPU time (of the probing thread) that refusing a decode bomb may take: the worst is
+# inflating the declared rows of the largest image the strategy declares, milliseconds.
+REFUSAL_CPU_S = 0.5
 # The stack room the server's JSON parsing has: Python's recursion limit (1000, read here
 # before hypothesis raises it to about 2000 around every example, which would hide a
 # RecursionError) less the frames above the parser in a waitress worker thread: calibrated
@@ -306,6 +315,50 @@ def check_non_bytes(value) -> str:
     return "TypeError"
 
 
+@st.composite
+def decode_bombs(draw) -> tuple[bytes, bool]:
+    """(body, whether it breaks one of engine.decode_work's bounds): a PNG whose IDAT stream
+    inflates to 1-64 MiB of zeros for a random declared size and layout, a PNG with 1-40
+    compressed text chunks of 1-8 MiB each, or a progressive JPEG with 1-300 scans."""
+    kind = draw(st.sampled_from(["idat", "text", "scans"]))
+    if kind == "idat":
+        depth, colour = draw(st.sampled_from([(8, 2), (8, 0), (16, 2), (8, 6), (1, 0), (4, 3), (16, 4), (2, 3)]))
+        width, height, interlace = draw(st.integers(1, 1500)), draw(st.integers(1, 1500)), draw(st.integers(0, 1))
+        mib = draw(st.integers(1, 64))
+        excess = mib * MIB > png_raw_size(width, height, depth, colour, interlace == 1) + PNG_INFLATE_SLACK_BYTES
+        idat_bytes = draw(st.sampled_from([1 << 13, 1 << 16, 1 << 20]))
+        return png_bomb(width, height, mib, depth, colour, interlace, idat_bytes), excess
+    if kind == "text":
+        chunks, mib_each = draw(st.integers(1, 40)), draw(st.integers(1, 8))
+        data = png_text_bomb(draw(st.sampled_from([b"zTXt", b"iTXt"])), chunks, mib_each, draw(st.booleans()))
+        return data, chunks * mib_each * MIB > MAX_PNG_TEXT_BYTES
+    scans, arithmetic = draw(st.integers(1, 300)), draw(st.booleans())
+    data = jpeg_scan_bomb(draw(st.integers(1, 2000)), draw(st.integers(1, 2000)), scans, arithmetic)
+    return data, scans > (MAX_ARITHMETIC_JPEG_SCANS if arithmetic else MAX_JPEG_SCANS)
+
+
+def check_bomb(case: tuple[bytes, bool]) -> str:
+    """probe_image refuses a body over a bound (within REFUSAL_CPU_S of CPU time) and only
+    such a body; decode_image decodes the rest to their declared size or raises
+    ImageDecodeError (an IDAT stream shorter than the declared rows)."""
+    data, excess = case
+    start = time.thread_time()
+    try:
+        info = probe_image(data)
+    except ImageDecodeError as exc:
+        seconds = time.thread_time() - start
+        assert excess, f"refused a body within the bounds: {exc}"
+        assert seconds < REFUSAL_CPU_S, f"refusing took {seconds:.2f} s of CPU: {exc}"
+        return "refused"
+    assert not excess, f"accepted a body over a bound: {info}"
+    try:
+        image = decode_image(data)
+    except ImageDecodeError:
+        return "undecodable"
+    assert image.shape == (info.height, info.width, 3)
+    return "decoded"
+
+
 # ---- custom attributes ---------------------------------------------------------------------------
 
 ATTRIBUTE_KEYS = ("response_type", "score_threshold", "max_detections", "classes", "include", "mask_format")
@@ -421,6 +474,7 @@ TARGETS = {
     "big_headers": ((big_headers(),), check_image),
     "arbitrary_bytes": ((arbitrary_bytes,), check_image),
     "non_bytes": ((non_bytes,), check_non_bytes),
+    "decode_bombs": ((decode_bombs(),), check_bomb),
     "custom_attributes": ((custom_attribute_headers(),), check_custom_attributes),
     "accept": ((accept_headers, response_types, default_types), check_accept),
 }

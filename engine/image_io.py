@@ -18,12 +18,14 @@ orientation read by `probe_image`.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
+from .decode_work import MAX_JPEG_SEGMENTS, MAX_PNG_CHUNKS, check_jpeg_scans, check_png, png_chunks
 from .errors import ImageDecodeError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -75,24 +77,34 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def probe_image(data: bytes | bytearray | memoryview) -> ImageInfo:
-    """Read format, size and EXIF orientation from the header alone (no pixel decoding).
+def probe_image(data: bytes | bytearray | memoryview,
+                max_megapixels: float | None = MAX_DECODE_MEGAPIXELS) -> ImageInfo:
+    """Read format, size and EXIF orientation from the header (no pixel decoding), and
+    refuse a body whose decoding would cost far more than that size (engine.decode_work).
 
-    Walks the JPEG segments up to the first SOFn marker, or the PNG chunks up to the first
-    IDAT, so it costs microseconds even for a 40-megapixel image and lets a server refuse
-    decompression bombs before allocating their pixels.
+    Reads the JPEG segments up to the first SOFn marker, or the PNG chunks up to the first
+    IDAT, for the size, so that a server can refuse decompression bombs before allocating
+    their pixels. Then walks the rest of the structure: a JPEG's marker segments, counting
+    its scans (entropy-coded data is searched, not decoded), and a PNG's chunks; a PNG's
+    compressed data is inflated (and dropped) only if its size could let it expand beyond
+    the declared rows. Milliseconds for an ordinary photo.
+
+    max_megapixels: the size over which the caller refuses an image from its header alone;
+    such bodies are not walked (None: every body is). A server passes its own limit, so that
+    a header it refuses costs nothing more.
 
     Raises:
         TypeError: data is not bytes-like.
-        ImageDecodeError: not a JPEG or PNG, or the header is truncated or corrupt.
+        ImageDecodeError: not a JPEG or PNG, the header is truncated or corrupt, or the body
+            asks for far more decoding work than its header declares (the message says why).
     """
     data = _as_bytes(data)
     kind = sniff_format(data)
     try:
         if kind == "jpeg":
-            width, height, orientation = _probe_jpeg(data)
+            width, height, orientation, frame_end, sof, segments = _probe_jpeg(data)
         elif kind == "png":
-            width, height, orientation = _probe_png(data)
+            width, height, orientation, layout = _probe_png(data)
         else:
             raise ImageDecodeError(
                 f"not a JPEG or PNG image (first bytes {data[:8]!r}); only JPEG and PNG are accepted")
@@ -100,14 +112,24 @@ def probe_image(data: bytes | bytearray | memoryview) -> ImageInfo:
         raise ImageDecodeError(f"truncated {kind.upper()} header") from None
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{kind.upper()} header declares an empty image ({width}x{height})")
+    if max_megapixels is None or width * height / 1e6 <= max_megapixels:
+        if kind == "jpeg":
+            check_jpeg_scans(data, frame_end, sof, width, height, segments)
+        else:
+            check_png(data, width, height, *layout)
     if orientation >= 5:  # these orientations transpose the image
         width, height = height, width
     return ImageInfo(kind, width, height, orientation)
 
 
-def _probe_jpeg(data: bytes) -> tuple[int, int, int]:
-    orientation, pos, n = 1, 2, len(data)
+def _probe_jpeg(data: bytes) -> tuple[int, int, int, int, int, int]:
+    """(width, height, orientation, end of the frame header, SOF marker, segments read)."""
+    orientation, pos, n, segments = 1, 2, len(data), 0
     while True:
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageDecodeError(f"JPEG refused: more than {MAX_JPEG_SEGMENTS} marker segments before "
+                                   f"the frame header (real JPEGs have at most a few hundred)")
         if pos >= n:
             raise ImageDecodeError("truncated JPEG: no frame header (SOF) found")
         if data[pos] != 0xFF:
@@ -130,33 +152,25 @@ def _probe_jpeg(data: bytes) -> tuple[int, int, int]:
             orientation = _exif_orientation(segment[6:])
         elif marker in _SOF_MARKERS:
             _precision, height, width = struct.unpack_from(">BHH", segment)
-            return width, height, orientation
+            return width, height, orientation, pos + length, marker, segments
         pos += length
 
 
-def _probe_png(data: bytes) -> tuple[int, int, int]:
+def _probe_png(data: bytes) -> tuple[int, int, int, tuple[int, int, int]]:
+    """(width, height, orientation, (bit depth, colour type, interlace method))."""
     (length,) = struct.unpack_from(">I", data, 8)
     if data[12:16] != b"IHDR" or length != 13:
         raise ImageDecodeError("corrupt PNG: the first chunk is not IHDR")
-    width, height = struct.unpack_from(">II", data, 16)
+    width, height, depth, colour, _compression, _filter, interlace = struct.unpack_from(">IIBBBBB", data, 16)
     orientation = 1
     # The PNG spec places eXIf before the first IDAT; stop there, as image viewers do.
-    for pos, length, ctype in _png_chunks(data):
+    for pos, length, ctype in itertools.islice(png_chunks(data), MAX_PNG_CHUNKS):  # check_png refuses more
         if ctype in (b"IDAT", b"IEND"):
             break
         if ctype == b"eXIf":
             orientation = _exif_orientation(data[pos + 8:pos + 8 + length])
             break
-    return width, height, orientation
-
-
-def _png_chunks(data: bytes):
-    """(offset, declared data length, type) of each PNG chunk whose header is in `data`, in order."""
-    pos = 8  # after the signature
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack_from(">I4s", data, pos)
-        yield pos, length, ctype
-        pos += 12 + length  # length, type, data, CRC
+    return width, height, orientation, (depth, colour, interlace)
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -181,18 +195,20 @@ def _exif_orientation(tiff: bytes) -> int:
 
 
 def decode_image(data: bytes | bytearray | memoryview,
-                 max_megapixels: float | None = MAX_DECODE_MEGAPIXELS) -> np.ndarray:
+                 max_megapixels: float | None = MAX_DECODE_MEGAPIXELS, probed: ImageInfo | None = None) -> np.ndarray:
     """Decode a JPEG or PNG to an (H, W, 3) uint8 RGB, C-contiguous array, as displayed.
 
     max_megapixels: refuse, from the header alone, an image declaring more pixels (None: only
     OpenCV's own limit of 2**30 pixels).
+    probed: what probe_image(data) returned, where the caller has run it (a server, before
+    admitting the request): its checks are not repeated.
 
     Raises:
         TypeError: data is not bytes-like.
         ImageDecodeError: not a JPEG or PNG, over max_megapixels, truncated or corrupt.
     """
     data = _as_bytes(data)
-    info = probe_image(data)
+    info = probed or probe_image(data, max_megapixels)
     if max_megapixels is not None and info.megapixels > max_megapixels:
         raise ImageDecodeError(f"the {info.format.upper()} header declares {info.width}x{info.height} = "
                                f"{info.megapixels:.1f} megapixels; the decode limit is {max_megapixels:g}")
@@ -226,7 +242,7 @@ def _check_png_chunk_lengths(data: bytes) -> None:
     it passes the megapixel limit) cost 4 GB and 5 s. Walking the chunk headers costs
     microseconds (a few hundred chunks in a 6 MB PNG)."""
     n = len(data)
-    for pos, length, ctype in _png_chunks(data):
+    for pos, length, ctype in png_chunks(data):
         if pos + 12 + length > n:  # length, type, data, CRC: OpenCV reads them all at once
             raise ImageDecodeError(f"cannot decode the PNG image: truncated or corrupt data (chunk {ctype!r} "
                                    f"at byte {pos} declares {length} bytes, {n - pos - 12} follow)")

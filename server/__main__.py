@@ -16,7 +16,9 @@ the socket opens.
 
 Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
 while a background thread loads the model and runs one warm-up inference, then 200.
-SIGTERM or SIGINT: stop accepting, finish in-flight requests, exit 0.
+SIGTERM or SIGINT: stop accepting, finish what can be finished before the shutdown deadline
+(MASKRCNN_SHUTDOWN_DEADLINE_S, inside SageMaker's 30 s), answer the rest 503 + Retry-After,
+exit 0 (server.serving).
 """
 
 from __future__ import annotations
@@ -40,16 +42,15 @@ from engine.errors import EngineError, ModelDirError
 from engine.model_defaults import bundled_model_dir, resolve_model_dir  # noqa: F401
 from engine.named_models import NAMED_MODELS, ensure_named_model
 
+from engine.render import prepare_thread
+
 from .app import EngineSlot, create_app
 from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
-from .inference import peak_growth
+from .inference import InferenceExecutor, peak_growth
 from .serving import serve_until
 
 # Under `python -m server` this module is "__main__"; name it as the `serve` script sees it.
 logger = logging.getLogger("server.__main__" if __name__ == "__main__" else __name__)
-
-SHUTDOWN_GRACE_S = 25.0  # SageMaker sends SIGKILL 30 s after SIGTERM
-
 
 def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:
     """--port, else $SAGEMAKER_BIND_TO_PORT, else 8080."""
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
 
     allow_open_files(config.max_connections + 256)  # the connections, plus the model's files and logs
     slot = EngineSlot()
-    app = create_app(slot, config)
+    # inference threads render the image answers: their OpenCV text set-up is done up front
+    executor = InferenceExecutor(config.workers, config.queue_size, initializer=prepare_thread)
+    app = create_app(slot, config, executor)
     # waitress's own limit (a plain-text 413) only backs up the app's JSON one.
     try:
         server = waitress.create_server(app, host=args.host, port=port, threads=threads,
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     stop, failed = threading.Event(), threading.Event()
 
     def on_signal(signum, _frame):
-        logger.info("received %s: finishing in-flight requests, then exiting", signal.Signals(signum).name)
+        logger.info("received %s: answering what can be answered within %g s, then exiting",
+                    signal.Signals(signum).name, config.shutdown_deadline_s)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -206,9 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend,
                                                 args.precision or config.precision, config, stop, failed),
                      name="model-loader", daemon=True).start()
-    serve_until(server, stop, grace_s=SHUTDOWN_GRACE_S, request_timeout_s=config.request_timeout_s)
+    answered = serve_until(server, stop, deadline_s=config.shutdown_deadline_s,
+                           request_timeout_s=config.request_timeout_s, on_stop=executor.drain,
+                           retry_after_s=config.retry_after_s)
     logger.info("stopped")
-    sys.exit(1 if failed.is_set() else 0)
+    code = 1 if failed.is_set() else 0
+    if not answered:
+        # An inference refused at the deadline may still be running; its thread would hold up
+        # the interpreter's exit past SageMaker's SIGKILL.
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,16 @@ from engine.render import prepare_thread
 from . import errors
 from .config import ServerConfig
 from .errors import BadRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
-from .inference import InferenceExecutor, InferenceTimeoutError, MemoryBudget, MemoryBudgetError, QueueFullError
+from .inference import (InferenceExecutor, InferenceTimeoutError, MemoryBudget, MemoryBudgetError, QueueFullError,
+                        ShuttingDownError)
 from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_type,
                           parse_custom_attributes, request_image_type, selectable_classes)
+from .openapi import OPENAPI_PATH, OpenApiDocuments
 from .responses import run_invocation
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"  # hand-written; tests/test_openapi.py checks it
 BATCH_STRATEGY = "SingleRecord"  # one image per request (see ExecutionParametersResource)
 MAX_TRANSFORM_PAYLOAD_MB = 100  # CreateTransformJob's upper bound for MaxPayloadInMB
 # The page loads only its own script and style sheet and calls only this origin; images it
@@ -121,7 +122,8 @@ class InvocationsResource:
                                               config.default_accept)
         data = read_body(req.bounded_stream, req.content_length, config.max_body_bytes)
         # Always validate untrusted input: the header's size, before any pixel is decoded.
-        info = probe_image(data)
+        # its own limit: a header over it is refused without walking the rest of the body
+        info = probe_image(data, max_megapixels=config.max_megapixels)
         req.context.image_size = [info.width, info.height]
         if info.megapixels > config.max_megapixels:
             raise PayloadTooLarge(f"image is {info.width}x{info.height} = {info.megapixels:.1f} "
@@ -132,11 +134,13 @@ class InvocationsResource:
             raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
         try:
             result = self._executor.run(run_invocation, engine, data, options, response_type,
-                                        config.jpeg_quality, timeout=config.timeout_s)
+                                        config.jpeg_quality, info, timeout=config.timeout_s)
         except QueueFullError as exc:
             raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
         except InferenceTimeoutError as exc:
             raise GatewayTimeout(str(exc)) from None
+        except ShuttingDownError as exc:  # the draining event loop closes the connection once this is sent
+            raise ServiceUnavailable(f"{exc}; retry", config.retry_after_s) from None
         finally:
             self._budget.release(ticket)
         req.context.detections = result.detections
@@ -164,14 +168,16 @@ class PageResource:
 
 
 class OpenApiResource:
-    """GET /openapi.json: the API's OpenAPI 3.1 document, the file as it is in the package."""
+    """GET /openapi.json: the API's OpenAPI 3.1 document, the packaged file until the model is
+    loaded, then made exact for it (server/openapi.py)."""
 
-    def __init__(self, path: Path):
-        self._path = path
+    def __init__(self, slot: EngineSlot, documents: OpenApiDocuments):
+        self._slot = slot
+        self._documents = documents
 
     def on_get(self, req, resp):
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = self._path.read_bytes()  # a few kB; read per request, like the page
+        resp.data = self._documents.for_engine(self._slot.engine)
 
 
 class ExecutionParametersResource:
@@ -261,7 +267,7 @@ def create_app(engine, config: ServerConfig | None = None,
     app.add_route("/endpoints/{endpoint_name}/invocations", invocations)
     app.add_route("/execution-parameters", ExecutionParametersResource(config))
     app.add_route("/", PageResource(STATIC_DIR))
-    app.add_route("/openapi.json", OpenApiResource(OPENAPI_PATH))
+    app.add_route("/openapi.json", OpenApiResource(slot, OpenApiDocuments(OPENAPI_PATH)))
     app.add_static_route("/static", STATIC_DIR)
     errors.install(app)
     return app

@@ -19,6 +19,7 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
 | memory_budget_mb  | MASKRCNN_MEMORY_BUDGET_MB (admission, server.inference)   | 1800             |
+| shutdown_deadline_s | MASKRCNN_SHUTDOWN_DEADLINE_S (SIGTERM to last answer)   | 24               |
 
 (1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (every
 graph BF16, the native RoIAlign FP32; only the dense graph where that was not built), else fp32.
@@ -60,6 +61,9 @@ DEFAULT_MAX_CONNECTIONS = 2000
 # Admission by memory (server.inference.MemoryBudget), sized for a 2 GiB instance with the R50
 # model: it idles at about 1 GB and a full queue of 40-megapixel PNG answers peaked at 1.45 GB.
 DEFAULT_MEMORY_BUDGET_MB = 1800
+# After SIGTERM every accepted request has its answer (or a 503) by this deadline, and the
+# process exits about a second later: SageMaker sends SIGKILL 30 s after SIGTERM.
+DEFAULT_SHUTDOWN_DEADLINE_S = 24.0
 # HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
 SPARE_HTTP_THREADS = 2
 # Limits fixed by the API rather than by deployment.
@@ -86,6 +90,7 @@ class ServerConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
+    shutdown_deadline_s: float = DEFAULT_SHUTDOWN_DEADLINE_S
 
     def __post_init__(self):
         if self.max_body_bytes < 1:
@@ -102,6 +107,8 @@ class ServerConfig:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.precision not in (None, "fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if not self.shutdown_deadline_s > 0:
+            raise ValueError(f"shutdown_deadline_s must be positive, got {self.shutdown_deadline_s}")
         if self.memory_budget_mb < 1:
             raise ValueError(f"memory_budget_mb must be at least 1, got {self.memory_budget_mb}")
         if self.max_connections < 1:
@@ -145,6 +152,7 @@ class ServerConfig:
             ("request_timeout_s", "MASKRCNN_REQUEST_TIMEOUT_S", float),
             ("max_connections", "MASKRCNN_MAX_CONNECTIONS", int),
             ("memory_budget_mb", "MASKRCNN_MEMORY_BUDGET_MB", int),
+            ("shutdown_deadline_s", "MASKRCNN_SHUTDOWN_DEADLINE_S", float),
         ]:
             if name in environ:
                 kw[key] = _number(environ, name, kind)

@@ -14,9 +14,17 @@ sets up its fonts on a thread's first caption: 25 ms, which made a 640x480 JPEG 
 
 from __future__ import annotations
 
+import collections
+import heapq
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+
+# Weight of the latest job in the moving average of job durations that draining predicts with.
+DURATION_SMOOTHING = 0.3
+# While draining, a waiting job re-checks its expected finish at least this often.
+DRAIN_RECHECK_S = 0.5
 
 
 class QueueFullError(Exception):
@@ -27,13 +35,25 @@ class InferenceTimeoutError(Exception):
     """The job waited longer than allowed for a free worker and was not started."""
 
 
+class ShuttingDownError(Exception):
+    """The server is draining and this job could not finish before its deadline."""
+
+
 class InferenceExecutor:
     """Admission control for inference jobs.
 
     `run` raises QueueFullError at once, without waiting, when workers + queue_size jobs
-    are already admitted; otherwise it waits for one of the `workers` slots (at most
-    `timeout` seconds) and runs the job on a worker thread while the caller waits.
-    `initializer` runs once on each worker thread as it starts, before any job.
+    are already admitted; otherwise it waits, first come first served, for one of the
+    `workers` slots (at most `timeout` seconds) and runs the job on a worker thread while
+    the caller waits. `initializer` runs once on each worker thread as it starts, before
+    any job.
+
+    Draining: after `drain(finish_by)` a job starts only if it is expected to finish by
+    `finish_by` (a time.monotonic() value); a waiting job that would not is refused with
+    ShuttingDownError as soon as that is known, so that its client can retry elsewhere at
+    once instead of learning it at the deadline. Expected: the jobs ahead of it, each
+    taking `expected_s` (the recent jobs' duration), spread over the workers, with each
+    running job's elapsed time deducted.
     """
 
     def __init__(self, workers: int = 1, queue_size: int = 8, initializer=None):
@@ -42,9 +62,12 @@ class InferenceExecutor:
         self.workers = workers
         self.queue_size = queue_size
         self._admission = threading.BoundedSemaphore(workers + queue_size)
-        self._running = threading.BoundedSemaphore(workers)
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()  # guards everything below; notified when a slot frees or drain begins
         self._admitted = 0
+        self._waiting: collections.deque[object] = collections.deque()  # tickets, first come first
+        self._started: dict[object, float] = {}  # running job's ticket -> its start (monotonic)
+        self._expected_s = 0.0  # unknown until a job has run: then nothing is refused early
+        self._finish_by: float | None = None
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="inference", initializer=initializer)
         weakref.finalize(self, self._threads.shutdown, wait=False)  # idle threads end with the executor
         # Start every worker now (each blocks until all exist, so none is reused), so that
@@ -58,24 +81,82 @@ class InferenceExecutor:
         """Jobs running or waiting now."""
         return self._admitted
 
+    @property
+    def expected_s(self) -> float:
+        """What a job is expected to take: a moving average of recent jobs (0 before any)."""
+        return self._expected_s
+
+    @property
+    def draining(self) -> bool:
+        return self._finish_by is not None
+
+    def drain(self, finish_by: float) -> None:
+        """From now on start only jobs expected to finish by `finish_by` (time.monotonic())."""
+        with self._changed:
+            self._finish_by = finish_by
+            self._changed.notify_all()
+
     def run(self, fn, /, *args, timeout: float | None = None, **kwargs):
         """fn(*args, **kwargs) once a worker slot is free; its result or its exception."""
         if not self._admission.acquire(blocking=False):
             raise QueueFullError(f"{self.workers} inference worker(s) busy and "
                                  f"{self.queue_size} request(s) already waiting")
-        with self._lock:
-            self._admitted += 1
+        ticket = object()
         try:
-            if not self._running.acquire(timeout=timeout):
-                raise InferenceTimeoutError(f"no inference worker became free within {timeout:g} s")
+            with self._changed:
+                self._admitted += 1
+                self._waiting.append(ticket)
+                try:
+                    self._wait_for_slot(ticket, timeout)
+                finally:
+                    self._waiting.remove(ticket)
+                    self._changed.notify_all()  # the next in line may now be first
+                start = self._started[ticket] = time.monotonic()
             try:
                 return self._threads.submit(fn, *args, **kwargs).result()
             finally:
-                self._running.release()
+                with self._changed:
+                    del self._started[ticket]
+                    took = time.monotonic() - start
+                    self._expected_s = took if not self._expected_s else (
+                        (1 - DURATION_SMOOTHING) * self._expected_s + DURATION_SMOOTHING * took)
+                    self._changed.notify_all()
         finally:
-            with self._lock:
+            with self._changed:
                 self._admitted -= 1
             self._admission.release()
+
+    def _wait_for_slot(self, ticket, timeout: float | None) -> None:
+        """Called holding the lock; returns when `ticket` is first in line and a worker is free."""
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self._finish_by is not None:
+                finish = self._expected_finish(ticket, now)
+                if finish > self._finish_by:
+                    raise ShuttingDownError(
+                        f"the server is shutting down and this request would finish "
+                        f"{finish - self._finish_by:.1f} s after its deadline")
+            if self._waiting[0] is ticket and len(self._started) < self.workers:
+                return
+            if give_up is not None and now >= give_up:
+                raise InferenceTimeoutError(f"no inference worker became free within {timeout:g} s")
+            wait = None if give_up is None else give_up - now
+            if self._finish_by is not None:  # re-check as the deadline nears
+                wait = min(wait or DRAIN_RECHECK_S, DRAIN_RECHECK_S)
+            self._changed.wait(wait)
+
+    def _expected_finish(self, ticket, now: float) -> float:
+        """When `ticket`'s job would end: the workers' free times (running jobs expected to
+        take `expected_s` in all, at least until now), then each job ahead of it in line."""
+        expected = self._expected_s
+        free_at = sorted(max(start + expected, now) for start in self._started.values())
+        free_at += [now] * (self.workers - len(free_at))
+        for ahead in self._waiting:
+            if ahead is ticket:
+                break
+            heapq.heapreplace(free_at, free_at[0] + expected)
+        return free_at[0] + expected
 
 
 class MemoryBudgetError(Exception):

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from engine.image_io import decode_image
+from engine.image_io import ImageInfo, decode_image
 from engine.detections import format_label
 from engine.media_types import IMAGE_FORMATS, JSON
 from engine.render import encode_image, render_detections
@@ -69,13 +69,15 @@ ENCODERS = {JSON: _json_body, **{media_type: _image_body(fmt) for media_type, fm
 
 
 def run_invocation(engine, data: bytes, options: RequestOptions, response_type: str,
-                   jpeg_quality: int = 90) -> InvocationResult:
+                   jpeg_quality: int = 90, probed: ImageInfo | None = None) -> InvocationResult:
     """Decode `data`, run `engine.predict` with the request's options, encode the answer.
+    `probed`: probe_image(data), where the caller has run it (its checks are not repeated).
 
     Raises ImageDecodeError for bytes that do not decode (the caller answers 400).
     """
     start = time.perf_counter()
-    image = decode_image(data, max_megapixels=None)  # the app has checked the size against its own limit
+    # the app has checked the size against its own limit
+    image = decode_image(data, max_megapixels=None, probed=probed)
     before = time.perf_counter()
     det = engine.predict(image, score_threshold=options.score_threshold,
                          max_detections=options.max_detections, class_ids=options.class_ids)

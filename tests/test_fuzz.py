@@ -4,7 +4,8 @@ The strategies and properties live in benchmarks/fuzz.py, which runs them for mi
 each target runs 200-2000 examples, derandomized so that CI fails on a code change and not
 on luck (the long runs explore). About 25 s in all on two shared cores.
 
-Also here: the findings of the fuzzing, as plain regression tests.
+Also here: the findings of the fuzzing, as plain regression tests, and the decode bombs
+(engine.decode_work) through the real server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.decode_bombs import jpeg_scan_bomb, png_bomb, png_text_bomb
 from benchmarks.fuzz import (
     TARGETS, PeakRss, check_custom_attributes, custom_attribute_headers, jpeg_with_size,
     png_with_size, run_target, seed_images, storage_outside_repo,
@@ -26,13 +28,14 @@ from benchmarks.fuzz import (
 from engine.errors import ImageDecodeError
 from engine.image_io import MAX_DECODE_MEGAPIXELS, decode_image, probe_image
 from server.config import DEFAULT_MAX_MEGAPIXELS
+from server_process import http_call, running_server
 
 # Peak RSS growth allowed over one target's run. Decodes run under the server's 40 MP limit:
 # the costliest (a tiny progressive 4:4:4 JPEG declaring 40 MP, padded with grey) peaks at
 # about 345 MB; everything else is a few MB.
 MEMORY_BOUND_MB = 500
 EXAMPLES = {"images": 2000, "big_headers": 600, "arbitrary_bytes": 1000, "non_bytes": 200,
-            "custom_attributes": 2000, "accept": 2000}
+            "decode_bombs": 150, "custom_attributes": 2000, "accept": 2000}
 # 985 or more nested arrays in the custom attributes were a RecursionError in json.loads, an
 # HTTP 500, now a 400 (test_deeply_nested_custom_attributes_are_a_400 below).
 SHALLOW = 200
@@ -40,6 +43,7 @@ SHALLOW = 200
 # Outcomes each target must reach, so that a strategy gone degenerate does not pass silently.
 EXPECTED_OUTCOMES = {"images": {"decoded", "undecodable", "not an image"},
                      "big_headers": {"decoded", "over the size limit"},
+                     "decode_bombs": {"refused", "decoded", "undecodable"},
                      "custom_attributes": {"options", "400"}, "accept": {"406", "image/png"}}
 
 
@@ -143,3 +147,43 @@ def test_a_shallow_nesting_of_custom_attributes_is_a_400():
 def test_deeply_nested_custom_attributes_are_a_400():
     """json.loads raised RecursionError on 985+ nested arrays, an HTTP 500, until fuzzing found it."""
     assert check_custom_attributes("[" * 1000) == "400"
+
+
+@pytest.mark.parametrize("name, build", [
+    ("64x64 PNG, IDAT inflating to 2 GiB", lambda: png_bomb(64, 64, 2048)),
+    ("4000x3000 PNG, IDAT inflating to 3 GiB", lambda: png_bomb(4000, 3000, 3072)),
+    ("640 zTXt chunks of 7 MiB", lambda: png_text_bomb(b"zTXt", 640, 7)),
+    ("6000x6000 JPEG with 1000 scans", lambda: jpeg_scan_bomb(6000, 6000, 1000)),
+])
+def test_decode_bombs_found_against_the_server_are_refused_from_the_body(name, build):
+    """Each of these was answered 200 by the server after seconds of decoder CPU (figures in
+    benchmarks/results/decode_bombs.json): probe_image refuses it from the body."""
+    data = build()
+    start = time.thread_time()
+    with pytest.raises(ImageDecodeError, match="decompression bomb|scans"):
+        probe_image(data)
+    assert time.thread_time() - start < 0.5, name
+
+
+@pytest.fixture(scope="module")
+def server(small_model_dir, tmp_path_factory):
+    yield from running_server(small_model_dir, tmp_path_factory.mktemp("bombs"))
+
+
+def _server_cpu_s(srv) -> float:
+    """The server process's user + system CPU time so far, from /proc."""
+    fields = Path(f"/proc/{srv.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the server's CPU time from /proc")
+def test_decode_bombs_are_a_400_from_the_real_server_before_admission(server):
+    bodies = {"image/png": png_bomb(4000, 3000, 3072), "image/jpeg": jpeg_scan_bomb(6000, 6000, 5000)}
+    before = _server_cpu_s(server)
+    for content_type, body in bodies.items():
+        reply = http_call(server.url + "/invocations", body=body, headers={"Content-Type": content_type})
+        assert reply.status_code == 400, reply.content[:300]
+        assert reply.headers["Content-Type"].startswith("application/json")
+        message = reply.json()["error"]
+        assert "6000x6000" in message or "4000x3000" in message, message
+    assert _server_cpu_s(server) - before < 1.0  # decoding them costs seconds each

@@ -5,6 +5,7 @@ Reference decodes come from Pillow, an independent decoder from the OpenCV under
 
 import io
 import struct
+import time
 import zlib
 
 import cv2
@@ -12,6 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from benchmarks.decode_bombs import (
+    MIB, jpeg_scan_bomb, jpeg_segment_flood, png_bomb, png_chunk_flood, png_text_bomb, zeros_zlib,
+)
+from benchmarks.decode_bombs import _interlaced as _interlaced_png
+from engine import decode_work
+from engine.decode_work import (
+    MAX_ARITHMETIC_JPEG_SCANS, MAX_JPEG_SCANS, MAX_JPEG_SEGMENTS, MAX_PNG_CHUNKS, MAX_PNG_TEXT_BYTES,
+    PNG_INFLATE_SLACK_BYTES, inflated_size, png_chunks, png_raw_size,
+)
 from engine.errors import ImageDecodeError
 from engine.image_io import ImageInfo, decode_image, probe_image
 from helpers import photo
@@ -322,3 +332,215 @@ def test_header_lying_about_size_raises():
     forged = _png_header_only(30, 40) + real[33:]
     with pytest.raises(ImageDecodeError):
         decode_image(forged)
+
+
+# ---- decode work bounded by the declared size (engine.decode_work) ----------------------------
+
+
+def _idat_stream(png: bytes) -> bytes:
+    return b"".join(png[pos + 8:pos + 8 + length] for pos, length, ctype in png_chunks(png) if ctype == b"IDAT")
+
+
+def _pil_png(array: np.ndarray, mode: str | None = None, **kwargs) -> bytes:
+    image = Image.fromarray(array)
+    if mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=kwargs.pop("colors", 16))
+    elif mode:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, "PNG", **kwargs)
+    return buf.getvalue()
+
+
+def _real_pngs() -> dict[str, bytes]:
+    chelsea = photo("chelsea")
+    gray16 = cv2.imencode(".png", (chelsea[..., 0].astype(np.uint16) * 257))[1].tobytes()
+    rgba16 = cv2.imencode(".png", np.dstack([chelsea, chelsea[..., :1]]).astype(np.uint16) * 257)[1].tobytes()
+    return {
+        "rgb": _pil_png(chelsea), "gray": _pil_png(chelsea, "L"), "gray+alpha": _pil_png(chelsea, "LA"),
+        "rgba": _pil_png(chelsea, "RGBA"), "bilevel": _pil_png(chelsea, "1"),
+        "palette 4-bit": _pil_png(chelsea, "P", bits=4), "palette 2-bit": _pil_png(chelsea, "P", colors=4, bits=2),
+        "16-bit gray": gray16, "16-bit rgba": rgba16,
+        "interlaced": _interlaced_png(chelsea), "interlaced odd size": _interlaced_png(chelsea[:13, :5]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_real_pngs()))
+def test_png_raw_size_is_what_real_pngs_inflate_to(name):
+    """png_raw_size is exact: real encoders' IDAT streams inflate to exactly that many bytes."""
+    data = _real_pngs()[name]
+    width, height, depth, colour, _c, _f, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    assert len(zlib.decompress(_idat_stream(data))) == png_raw_size(width, height, depth, colour, interlace == 1)
+    assert decode_image(data).shape == (height, width, 3)
+
+
+@pytest.mark.parametrize("width, height, depth, colour, interlace", [
+    (64, 64, 8, 2, 0), (4000, 3000, 8, 2, 0), (64, 64, 8, 2, 1), (333, 17, 16, 6, 1), (64, 64, 16, 2, 0),
+    (64, 64, 4, 3, 0), (1, 1, 1, 0, 0), (500, 500, 8, 4, 1),
+])
+def test_png_idat_bomb_is_refused_by_the_probe_before_decoding(width, height, depth, colour, interlace):
+    """An IDAT stream inflating far past the declared rows (libpng inflates all of it) is
+    refused from the body, inflating no more than the rows."""
+    raw = png_raw_size(width, height, depth, colour, interlace == 1)
+    data = png_bomb(width, height, raw // MIB + 256, depth, colour, interlace)
+    start = time.thread_time()
+    with pytest.raises(ImageDecodeError, match=rf"declares {width}x{height} pixels .*IDAT.* inflates to more than "
+                                               rf"{raw + PNG_INFLATE_SLACK_BYTES} bytes"):
+        probe_image(data)
+    assert time.thread_time() - start < 0.5
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_image(data)
+
+
+def test_png_idat_inflating_to_its_rows_plus_the_slack_is_accepted():
+    width, height = 1024, 1023  # RGB rows of 3073 bytes: 2049 bytes short of 3 MiB
+    raw = png_raw_size(width, height, 8, 2, False)
+    fits = 3
+    assert raw <= fits * MIB <= raw + PNG_INFLATE_SLACK_BYTES < (fits + 1) * MIB
+    assert probe_image(png_bomb(width, height, fits)) == ImageInfo("png", width, height, 1)
+    assert (decode_image(png_bomb(width, height, fits)) == 0).all()  # libpng ignores the excess
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        probe_image(png_bomb(width, height, fits + 1))
+
+
+def test_inflated_size_stops_at_the_limit_and_at_the_end_of_the_stream():
+    stream = zeros_zlib(64)
+    pieces = [stream[i:i + 1000] for i in range(0, len(stream), 1000)]
+    assert inflated_size(pieces, 64 * MIB) == 64 * MIB  # the whole stream, not more
+    assert inflated_size(pieces, 5 * MIB) == 5 * MIB + 1  # just past the limit, then it stops
+    assert inflated_size([stream + b"trailing garbage"], 100 * MIB) == 64 * MIB
+    assert inflated_size([stream[:2000] + b"\xff" * 100], 100 * MIB) < 3 * MIB  # corrupt: stops where libpng does
+
+
+def test_inflated_size_cost_is_bounded_by_the_limit_not_the_stream():
+    stream = zeros_zlib(2048)  # 2 GiB of zeros in 2 MB
+    start = time.thread_time()
+    assert inflated_size([stream], MIB) == MIB + 1
+    assert time.thread_time() - start < 0.05
+
+
+@pytest.mark.parametrize("ctype", [b"zTXt", b"iTXt"])
+@pytest.mark.parametrize("after_idat", [False, True])
+def test_compressed_text_bombs_are_refused(ctype, after_idat):
+    """libpng inflates every compressed text chunk, before or after IDAT, up to a per-chunk
+    limit, so hundreds of them cost seconds. Their total is bounded."""
+    data = png_text_bomb(ctype, 640, 7, after_idat)
+    start = time.thread_time()
+    with pytest.raises(ImageDecodeError, match="text chunks"):
+        probe_image(data)
+    assert time.thread_time() - start < 0.5
+    fits = png_text_bomb(ctype, MAX_PNG_TEXT_BYTES // MIB, 1, after_idat)
+    assert decode_image(fits).shape == (64, 64, 3)
+
+
+def test_ordinary_compressed_text_and_icc_profiles_are_accepted():
+    from PIL import ImageCms, PngImagePlugin
+
+    chelsea = photo("chelsea")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Description", "a cat " * 5000, zip=True)
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" * 2000, zip=True)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = _pil_png(chelsea, pnginfo=info, icc_profile=icc)
+    assert b"zTXt" in data and b"iTXt" in data and b"iCCP" in data
+    np.testing.assert_array_equal(decode_image(data), chelsea)
+
+
+def test_a_flood_of_empty_chunks_is_refused_cheaply():
+    data = png_chunk_flood(6 * MIB)
+    start = time.thread_time()
+    with pytest.raises(ImageDecodeError, match=f"more than {MAX_PNG_CHUNKS} chunks"):
+        probe_image(data)
+    assert time.thread_time() - start < 0.5
+
+
+def test_real_photos_pass_the_probe_and_decode_as_before():
+    astronaut = photo("astronaut")
+    np.testing.assert_array_equal(decode_image(_interlaced_png(astronaut)), astronaut)
+    np.testing.assert_array_equal(decode_image(_pil_png(astronaut)), astronaut)
+    for name, data in _real_pngs().items():
+        image = decode_image(data)
+        if "16-bit" not in name:  # Pillow truncates 16-bit samples where decode_image rounds them
+            np.testing.assert_array_equal(image, pil_reference(data), err_msg=name)
+    for image in (photo("coffee"), photo("chelsea"), astronaut):
+        for progressive in (False, True):
+            data = encode_pil(image, "JPEG", quality=90, progressive=progressive)
+            assert probe_image(data).width == image.shape[1]
+            np.testing.assert_array_equal(
+                decode_image(data), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB))
+
+
+def _scans_counted(data: bytes, monkeypatch) -> int:
+    """The number of scans check_jpeg_scans counts: the smallest limit it accepts."""
+    for limit in range(0, 400):
+        monkeypatch.setattr(decode_work, "MAX_JPEG_SCANS", limit)
+        try:
+            probe_image(data)
+            return limit
+        except ImageDecodeError:
+            continue
+    raise AssertionError("more than 400 scans")
+
+
+def test_scans_are_counted_exactly(monkeypatch):
+    coffee = photo("coffee")
+    progressive = cv2.imencode(".jpg", coffee, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert _scans_counted(progressive, monkeypatch) == 10  # libjpeg-turbo's script for YCbCr
+    gray = cv2.imencode(".jpg", coffee[..., 0], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert _scans_counted(gray, monkeypatch) == 6
+    # restart markers and stuffed 0xFF00 bytes inside the data are not markers
+    restarts = cv2.imencode(".jpg", coffee, [cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1].tobytes()
+    assert restarts.count(b"\xff\xd0") > 10 and restarts.count(b"\xff\x00") > 10
+    assert _scans_counted(restarts, monkeypatch) == 1
+    # bytes that look like a start of scan inside a comment segment between scans are not one
+    sos = progressive.index(b"\xff\xda")
+    comment = b"\xff\xfe" + struct.pack(">H", 10) + b"\xff\xda\xff\xda\xff\xda\xff\xda"
+    assert _scans_counted(progressive[:sos] + comment + progressive[sos:], monkeypatch) == 10
+    assert _scans_counted(jpeg_scan_bomb(100, 100, 57), monkeypatch) == 57
+
+
+@pytest.mark.parametrize("arithmetic", [False, True])
+def test_jpeg_with_too_many_scans_is_refused_by_the_probe(arithmetic):
+    """libjpeg walks the whole frame for every scan, however small, so a small progressive
+    JPEG declaring a large frame and carrying many scans costs seconds (arithmetic-coded
+    scans, several times more each)."""
+    limit = MAX_ARITHMETIC_JPEG_SCANS if arithmetic else MAX_JPEG_SCANS
+    np.testing.assert_array_equal(probe_image(jpeg_scan_bomb(6000, 6000, limit, arithmetic)).megapixels, 36.0)
+    for scans in (limit + 1, 20_000):
+        data = jpeg_scan_bomb(6000, 6000, scans, arithmetic)
+        start = time.thread_time()
+        with pytest.raises(ImageDecodeError, match=rf"more than {limit} scans .*6000x6000"):
+            probe_image(data)
+        with pytest.raises(ImageDecodeError, match="scans"):
+            decode_image(data)
+        assert time.thread_time() - start < 0.5
+
+
+def test_a_flood_of_jpeg_segments_is_refused_cheaply():
+    data = jpeg_segment_flood(6 * MIB)
+    start = time.thread_time()
+    with pytest.raises(ImageDecodeError, match=f"more than {MAX_JPEG_SEGMENTS} marker segments"):
+        probe_image(data)
+    assert time.thread_time() - start < 0.5
+
+
+def test_headers_over_the_callers_limit_are_not_walked():
+    """The caller refuses those by size; walking them would be work for nothing."""
+    data = jpeg_scan_bomb(20_000, 20_000, 1000)
+    assert probe_image(data).megapixels == 400  # over MAX_DECODE_MEGAPIXELS: decode_image refuses it
+    with pytest.raises(ImageDecodeError, match="scans"):
+        probe_image(data, max_megapixels=None)
+    with pytest.raises(ImageDecodeError, match="scans"):
+        probe_image(jpeg_scan_bomb(2000, 2000, 1000), max_megapixels=40)
+
+
+def test_decode_image_does_not_repeat_the_checks_of_a_given_probe(monkeypatch):
+    """A server probes each body before admitting it and hands the result to decode_image on
+    the worker: the body's structure (a PNG's inflate) is not walked a second time."""
+    data = encode_pil(photo("astronaut"), "PNG")
+    info = probe_image(data)
+    walked = []
+    monkeypatch.setattr("engine.image_io.check_png", lambda *args: walked.append(args))
+    expected = decode_image(data)
+    assert len(walked) == 1
+    assert np.array_equal(decode_image(data, probed=info), expected) and len(walked) == 1

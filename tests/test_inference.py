@@ -9,7 +9,7 @@ import falcon.testing
 import pytest
 
 from server import ServerConfig, create_app
-from server.inference import InferenceExecutor, QueueFullError
+from server.inference import InferenceExecutor, QueueFullError, ShuttingDownError
 from server_fixtures import post, assert_error
 from server_fixtures import engine, client, jpeg_body  # noqa: F401  (fixtures)
 
@@ -106,6 +106,75 @@ def test_jobs_run_on_long_lived_prepared_threads():
     assert ran_on <= set(prepared) and threading.get_ident() not in ran_on
     assert executor.run(lambda: threading.current_thread().name).startswith("inference")
     assert len(prepared) == 2
+
+
+# ---- draining: only what can finish by the deadline starts -------------------------------------
+
+
+def _submit(executor, fn, outcomes, key):
+    """executor.run(fn) on a thread; outcomes[key] = ("ok", result) or ("refused", when)."""
+    def call():
+        try:
+            outcomes[key] = ("ok", executor.run(fn))
+        except ShuttingDownError:
+            outcomes[key] = ("refused", time.monotonic())
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def _wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_draining_refuses_at_once_the_waiting_jobs_that_cannot_finish_and_runs_the_rest():
+    """Jobs take 0.3 s; one runs (gated, past its expected time), four wait, and the deadline
+    leaves room for two: the last two are refused as soon as draining begins, long before the
+    deadline, and the first two still run, in order."""
+    executor = InferenceExecutor(workers=1, queue_size=5)
+    executor.run(time.sleep, 0.3)  # what a job takes
+    assert 0.25 < executor.expected_s < 0.6
+    gate, order, outcomes = threading.Event(), [], {}
+    threads = [_submit(executor, gate.wait, outcomes, "running")]
+    _wait_until(lambda: executor.admitted == 1)
+    time.sleep(0.4)  # the running job is past its expected time: a worker is expected free now
+    for i in range(4):
+        threads.append(_submit(executor, lambda i=i: order.append(i), outcomes, i))
+        _wait_until(lambda: executor.admitted == 2 + i)  # queued in this order
+    began = time.monotonic()
+    executor.drain(finish_by=began + 2.5 * executor.expected_s)
+    _wait_until(lambda: 2 in outcomes and 3 in outcomes)
+    assert outcomes[2][0] == outcomes[3][0] == "refused"
+    assert max(outcomes[2][1], outcomes[3][1]) - began < 0.2  # at once, not at the deadline
+    assert 0 not in outcomes and 1 not in outcomes  # still waiting for the worker
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1] and outcomes[0][0] == outcomes[1][0] == "ok"
+    assert executor.admitted == 0
+
+
+def test_draining_refuses_a_new_job_that_cannot_finish_and_runs_one_that_can():
+    executor = InferenceExecutor(workers=2, queue_size=2)
+    executor.run(time.sleep, 0.2)
+    executor.drain(finish_by=time.monotonic() + 5 * executor.expected_s)
+    assert executor.draining
+    assert executor.run(lambda: "fits") == "fits"
+    executor.drain(finish_by=time.monotonic())  # the deadline has come
+    with pytest.raises(ShuttingDownError, match="shutting down"):
+        executor.run(lambda: "too late")
+    assert executor.admitted == 0
+
+
+def test_a_draining_executor_that_has_timed_no_job_runs_everything():
+    """Without a measured duration nothing is refused early: the deadline itself (the event
+    loop's 503s) is the backstop."""
+    executor = InferenceExecutor(workers=1, queue_size=2)
+    executor.drain(finish_by=time.monotonic() + 60)
+    assert executor.run(lambda: 1) == 1
 
 
 # ---- admission by memory ---------------------------------------------------------------------

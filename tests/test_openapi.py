@@ -1,17 +1,20 @@
-"""server/openapi.json: a valid OpenAPI 3.1 document of every route, served at /openapi.json,
-that the real server keeps.
+"""/openapi.json: a valid OpenAPI 3.1 document of every route that the real server keeps,
+exact about what it accepts.
 
-The document is hand-written; what keeps it true:
+server/openapi.json is hand-written; server/openapi.py fills in the loaded model's class
+names. What keeps the document true:
 
 * its routes and methods are the app's (falcon.inspect), and its CustomAttributes schema
-  accepts exactly the JSON types server/negotiation.py accepts, value by value;
-* schemathesis generates requests from it for every operation and sends them to the real
-  `serve` process (the small model), checking each answer against it: no 5xx, a documented
-  status, content type, body schema and headers (JSON headers by json_header_conformance,
-  which schemathesis lacks). Image bodies are real small JPEGs and PNGs, or arbitrary bytes
-  (a documented 400);
-* a few hand-made requests reach what fuzzing seldom does (each response type, 406, 413, 415),
-  validated the same way, and deliberately wrong documents show that each check does fail.
+  accepts exactly the values server/negotiation.py accepts, value by value: the packaged
+  document's types and ranges, and the `classes` names of the document built for a model;
+* `schemathesis run --checks all` (its CLI, as a user runs it) against the real `serve`
+  process, for the demo model and a 91-class R50: every generated request, schema-valid or
+  not, is answered as the document says: a schema-valid one is accepted and a schema-invalid
+  one refused, no 5xx, documented statuses, content types, bodies and headers.
+  tests/schemathesis_hooks.py gives it real image bodies and the JSON-header check it lacks;
+* a few hand-made requests reach what fuzzing does not (each response type, 406, 413, 415,
+  bytes that are no image), validated the same way, and deliberately wrong documents show
+  that each check does fail.
 """
 
 from __future__ import annotations
@@ -20,65 +23,42 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import falcon.inspect
+import falcon.testing
 import jsonschema
+import jsonschema_rs
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
                                  response_schema_conformance, status_code_conformance)
 
+from schemathesis_hooks import json_header_conformance
 from server import EngineSlot, create_app
-from server.app import OPENAPI_PATH
 from server.config import MAX_CUSTOM_ATTRIBUTES_CHARS, MAX_DETECTIONS_LIMIT
 from server.errors import BadRequest
 from server.negotiation import (ATTRIBUTE_TYPES, CUSTOM_ATTRIBUTES_HEADER, INCLUDABLE, MASK_FORMATS,
-                                RESPONSE_TYPE_NAMES, parse_custom_attributes)
-from server_process import REPO, running_server
+                                RESPONSE_TYPE_NAMES, parse_custom_attributes, selectable_classes)
+from server.openapi import OPENAPI_PATH, OpenApiDocuments, for_model
+from server_process import REPO, http_call, running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 DOC = json.loads(OPENAPI_PATH.read_text())
 
-
-def _resolve(node: dict, doc: dict) -> dict:
-    """Follow local $refs ("#/components/...") to what they name."""
-    while "$ref" in node:
-        target = doc
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
-def json_header_conformance(ctx, response, case) -> None:
-    """The check schemathesis lacks: a response header documented with `content:
-    application/json` (X-Amzn-SageMaker-Custom-Attributes) is JSON its schema accepts.
-    schemathesis validates only headers documented with `schema`, and this one's presence."""
-    doc = case.operation.schema.raw_schema
-    operation = doc["paths"][case.operation.path].get(case.method.lower())
-    definition = operation and operation["responses"].get(str(response.status_code))
-    if definition is None:
-        return  # an undocumented method (a 405 probe) or status: other checks report those
-    for name, header in _resolve(definition, doc).get("headers", {}).items():
-        schema = _resolve(header, doc).get("content", {}).get("application/json", {}).get("schema")
-        values = response.headers.get(name.lower())
-        if schema is not None and values:
-            # the root carries the components, so that the schema's $refs resolve
-            validator = jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
-            errors = [e.message for e in validator.iter_errors(json.loads(values[0]))]
-            assert not errors, f"response header {name} does not conform to its schema: {errors}"
-
-
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance, json_header_conformance]
-# Generated requests per operation, on top of schemathesis's explicit and coverage cases; a
-# deeper search: OPENAPI_FUZZ_EXAMPLES=500 pytest tests/test_openapi.py
-MAX_EXAMPLES = int(os.environ.get("OPENAPI_FUZZ_EXAMPLES", "12"))
+# `schemathesis run`: generated requests per operation, on top of its explicit and coverage
+# cases, and the seed, fixed so that CI fails on a change and not on luck. A deeper search:
+# OPENAPI_FUZZ_EXAMPLES=500 OPENAPI_FUZZ_SEED=7 pytest tests/test_openapi.py
+MAX_EXAMPLES = int(os.environ.get("OPENAPI_FUZZ_EXAMPLES", "25"))
+SEED = os.environ.get("OPENAPI_FUZZ_SEED", "0")
+HOOKS = REPO / "tests" / "schemathesis_hooks.py"
 
 
 # ---- the document itself -------------------------------------------------------------------------
@@ -97,82 +77,189 @@ def test_document_describes_every_route_and_method():
     assert documented == routes
 
 
-def test_get_openapi_json_serves_the_file_without_torch_even_while_loading():
-    """Through the app with no engine yet; in a fresh interpreter, so that torch imported by
-    another test cannot hide an import of it."""
-    code = ("import sys, falcon.testing; from server import EngineSlot, create_app\n"
-            "resp = falcon.testing.TestClient(create_app(EngineSlot())).simulate_get('/openapi.json')\n"
-            "assert resp.status_code == 200 and resp.headers['content-type'] == 'application/json', resp\n"
-            "sys.stdout.buffer.write(resp.content); assert 'torch' not in sys.modules, 'torch was imported'\n")
+def test_get_openapi_json_imports_no_torch_while_loading_or_after():
+    """Through the app, with no engine yet (the packaged file as it is) and with one (a stub:
+    the model's document is built from its class names alone); in a fresh interpreter, so
+    that torch imported by another test cannot hide an import of it."""
+    code = ("import sys, types, falcon.testing; from server import EngineSlot, create_app\n"
+            "slot = EngineSlot(); client = falcon.testing.TestClient(create_app(slot))\n"
+            "loading = client.simulate_get('/openapi.json')\n"
+            "slot.set(types.SimpleNamespace(class_names=['__background__', 'circle']))\n"
+            "loaded = client.simulate_get('/openapi.json')\n"
+            "for resp in (loading, loaded):\n"
+            "    assert resp.status_code == 200 and resp.headers['content-type'] == 'application/json', resp\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "sys.stdout.buffer.write(loading.content)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == OPENAPI_PATH.read_bytes()
+
+
+def test_the_served_document_is_the_models_once_loaded_and_built_once():
+    slot = EngineSlot()
+    client = falcon.testing.TestClient(create_app(slot))
+    assert client.simulate_get("/openapi.json").content == OPENAPI_PATH.read_bytes()
+    names = ["__background__", "person", "N/A", "traffic light"]
+    slot.set(SimpleNamespace(class_names=names))
+    served = client.simulate_get("/openapi.json").json
+    assert served == for_model(DOC, names)
+    validate_openapi(served)
+    items = served["components"]["schemas"]["CustomAttributes"]["properties"]["classes"]["items"]
+    assert items["anyOf"][0] == {"enum": ["person", "traffic light"]}  # what /ping lists
+    assert served["components"]["schemas"]["Ping"]["properties"]["classes"]["const"] == ["person", "traffic light"]
+
+    documents = OpenApiDocuments()
+    engine, other = SimpleNamespace(class_names=names), SimpleNamespace(class_names=names[:2])
+    assert documents.for_engine(None) == OPENAPI_PATH.read_bytes()
+    assert documents.for_engine(engine) is documents.for_engine(engine)  # serialised once
+    assert json.loads(documents.for_engine(other)) == for_model(DOC, names[:2])
 
 
 def test_custom_attributes_schema_says_what_the_parser_enforces():
     attrs = DOC["components"]["schemas"]["CustomAttributes"]
     props = attrs["properties"]
     assert set(props) == set(ATTRIBUTE_TYPES) and attrs["additionalProperties"] is True
-    assert set(props["response_type"]["enum"]) == {"", None, *RESPONSE_TYPE_NAMES}
-    assert set(props["mask_format"]["enum"]) == {None, *MASK_FORMATS}
+    assert set(props["response_type"]["anyOf"][0]["enum"]) == {"", None, *RESPONSE_TYPE_NAMES}
+    assert set(props["mask_format"]["anyOf"][0]["enum"]) == {None, *MASK_FORMATS}
     assert props["include"]["items"]["enum"] == list(INCLUDABLE)
     assert props["max_detections"]["maximum"] == MAX_DETECTIONS_LIMIT
     assert str(MAX_CUSTOM_ATTRIBUTES_CHARS) in DOC["components"]["parameters"]["CustomAttributes"]["description"]
 
 
+def _accepts(schema: dict, value) -> bool:
+    """The schema's verdict: jsonschema_rs (ECMA-262 patterns, as JSON Schema names), and
+    Python's jsonschema agreeing, except where a newline is involved (Python's `$` matches
+    before a final one)."""
+    verdict = jsonschema_rs.Draft202012Validator(schema).is_valid(value)
+    if "\\n" not in json.dumps(value):
+        assert jsonschema.Draft202012Validator(schema).is_valid(value) == verdict, value
+    return verdict
+
+
+def _parses(key: str, value, class_names) -> bool:
+    try:
+        parse_custom_attributes(json.dumps({key: value}), class_names)
+        return True
+    except BadRequest:
+        return False
+
+
+# Python's str.strip() whitespace, and what is close to it but not it (U+FEFF, U+200B)
+_SPACES = ["\t", "\n", "\x0b", "\x1c", "\x1f", "\x85", "\xa0", "\u1680", "\u2000", "\u200a", "\u2029", "\u3000"]
+_NOT_SPACES = ["\ufeff", "\u200b", "\x00", "-"]
+_WORDS = ["json", "jpeg", "jpg", "png", "rle", "polygon", "polygons"]
 SAMPLES = ["", "json", "png", "rle", "polygon", "cat", "scores", 0, 1, 0.5, 7, 7.0, 2.5, -1, 1001, True,
-           False, None, [], ["cat"], ["scores", "masks"], ["cat", 1], [1], {}, {"cat": 1}]
+           False, None, [], ["cat"], ["scores", "masks"], ["cat", 1], [1], {}, {"cat": 1},
+           " ", "\n", "JSON", " Png ", "Polygons", "RLE\n", "j son", "jsonx", "pngs",
+           *(f"{c}{w}{c}" for c in _SPACES + _NOT_SPACES for w in _WORDS[::3]),
+           *(w.upper() for w in _WORDS), *(w.title() for w in _WORDS)]
 
 
 @pytest.mark.parametrize("key", sorted(ATTRIBUTE_TYPES))
 def test_each_attribute_schema_accepts_exactly_what_the_parser_accepts(key):
-    """Value by value, over every JSON type: the schema's verdict is the parser's."""
-    validator = jsonschema.Draft202012Validator(DOC["components"]["schemas"]["CustomAttributes"]["properties"][key])
-    # every name in the samples is a class: which names a model knows is not the schema's business
+    """Value by value, over every JSON type: the packaged schema's verdict is the parser's."""
+    schema = DOC["components"]["schemas"]["CustomAttributes"]["properties"][key]
+    # every name in the samples is a class: which names a model knows is the model document's business
     class_names = ["__background__"] + [v for s in SAMPLES if isinstance(s, list) for v in s if isinstance(v, str)]
     for value in SAMPLES:
-        try:
-            parse_custom_attributes(json.dumps({key: value}), class_names)
-            parsed = True
-        except BadRequest:
-            parsed = False
-        assert validator.is_valid(value) == parsed, (key, value)
+        assert _accepts(schema, value) == _parses(key, value, class_names), (key, value)
 
 
-# ---- schemathesis against the real server -----------------------------------------------------------
+CLASS_NAME_SETS = {
+    "demo": ["__background__", "circle", "square", "triangle"],
+    "torchvision": ["__background__", "person", "N/A", "traffic light", "stop sign", "N/A", "scissors"],
+    "unicode": ["background", "Straße", "office", "ǰ", "İstanbul", "Kelvin", "a.b*c (x)", "[x]-^\\$|?+{2}/"],
+}
+_FOLDS = [("ss", "ß"), ("ss", "ẞ"), ("ffi", "ﬃ"), ("fi", "ﬁ"), ("st", "ﬆ"), ("k", "\u212a"), ("s", "ſ"),
+          ("i̇", "İ"), ("ǰ", "J̌")]
 
 
-@st.composite
-def image_bytes(draw, fmt: str):
-    """A small real image (odd sizes included, down to 1x1), or bytes that are not one."""
-    if draw(st.integers(0, 3)) == 0:
-        return draw(st.binary(max_size=64))
-    h, w = draw(st.integers(1, 48)), draw(st.integers(1, 48))
-    seed = draw(st.integers(0, 2**16))
-    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
-    ok, data = cv2.imencode("." + fmt, pixels)
-    assert ok
-    return data.tobytes()
+def _class_samples(names: list[str]) -> list[str]:
+    """Each name as written and in other cases, casefold's multi-character spellings, near misses."""
+    samples = {"", " ", "unknown", "n/a", "N / A", "__BACKGROUND__", "ss", "SS"}
+    for name in names:
+        folded = name.casefold()
+        samples |= {name, name.upper(), name.lower(), name.swapcase(), name.title(), folded, " " + name,
+                    name + " ", name + "\n", name[:-1], name + name[-1:], name.replace(" ", "")}
+        samples |= {folded.replace(a, b) for a, b in _FOLDS} | {folded.replace(a, b, 1) for a, b in _FOLDS}
+    return sorted(samples)
 
 
-for _media_type, _fmt in [("image/jpeg", "jpg"), ("image/jpg", "jpg"), ("image/png", "png"),
-                          ("application/x-image", "png")]:
-    schemathesis.openapi.media_type(_media_type, image_bytes(_fmt))
+@pytest.mark.parametrize("names", CLASS_NAME_SETS.values(), ids=CLASS_NAME_SETS.keys())
+def test_the_models_classes_schema_accepts_exactly_what_the_parser_accepts(names):
+    doc = for_model(DOC, names)
+    validate_openapi(doc)
+    schema = doc["components"]["schemas"]["CustomAttributes"]["properties"]["classes"]
+    assert schema["items"]["anyOf"][0] == {"enum": selectable_classes(names)}
+    for sample in _class_samples(names):
+        assert _accepts(schema, [sample]) == _parses("classes", [sample], names), repr(sample)
+    assert not _accepts(schema, []) and not _parses("classes", [], names)
 
-CONFIG = schemathesis.Config.from_dict({"generation": {"max-examples": MAX_EXAMPLES}})
-schema = schemathesis.openapi.from_dict(DOC, config=CONFIG)
+
+@pytest.mark.parametrize("names", CLASS_NAME_SETS.values(), ids=CLASS_NAME_SETS.keys())
+def test_every_spelling_the_classes_pattern_allows_is_accepted(names):
+    pattern = for_model(DOC, names)["components"]["schemas"]["CustomAttributes"]["properties"]["classes"]["items"][
+        "anyOf"][-1]["pattern"]
+
+    @given(st.from_regex(pattern, fullmatch=True))
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
+    def check(spelling):
+        assert _parses("classes", [spelling], names), repr(spelling)
+
+    check()
+
+
+# ---- `schemathesis run --checks all` against the real server --------------------------------------
+
+# torchvision's R50-FPN with its 91 COCO class names ("N/A" gaps included) and seeded random
+# weights, at a small input size with few proposals and detections: many classes, answered
+# quickly on a CPU.
+R50_SETTINGS = {"min_size": 96, "max_size": 128, "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100,
+                "box_detections_per_img": 10}
 
 
 @pytest.fixture(scope="module")
-def server(small_model_dir, tmp_path_factory):
-    yield from running_server(small_model_dir, tmp_path_factory.mktemp("serve"))
+def demo_server(demo_model_dir, tmp_path_factory):
+    yield from running_server(demo_model_dir, tmp_path_factory.mktemp("serve-demo"))
 
 
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-def test_real_server_keeps_the_document(case, server):
-    case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+@pytest.fixture(scope="module")
+def r50_server(torch_cpu, tmp_path_factory):
+    from exporter import export
+    from exporter.weights import coco_class_names, random_model
+
+    model = random_model("maskrcnn_resnet50_fpn", seed=0, model_kwargs=R50_SETTINGS)
+    path = export(model, tmp_path_factory.mktemp("models") / "r50-coco-small", coco_class_names(),
+                  arch="maskrcnn_resnet50_fpn", quiet=True, weights_info={"source": "random", "seed": 0, "trained": False})
+    yield from running_server(path, tmp_path_factory.mktemp("serve-r50"))
+
+
+def http_get(url: str) -> bytes:
+    reply = http_call(url, "GET")
+    assert reply.status_code == 200, reply.content
+    return reply.content
+
+
+@pytest.mark.parametrize("server_fixture", ["demo_server", "r50_server"])
+def test_schemathesis_run_with_every_check_finds_nothing(request, server_fixture, tmp_path):
+    """The CLI as a user runs it, on the document the server serves for its model."""
+    server = request.getfixturevalue(server_fixture)
+    served = json.loads(http_get(server.url + "/openapi.json"))
+    listed = json.loads(http_get(server.url + "/ping"))["classes"]
+    assert served["components"]["schemas"]["CustomAttributes"]["properties"]["classes"]["items"]["anyOf"][0] == \
+        {"enum": listed}
+    command = [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json", "--url", server.url,
+               "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", SEED,
+               "--generation-database", "none", "--no-color"]
+    out = subprocess.run(command, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS)},
+                         capture_output=True, text=True, timeout=600)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0 and "No issues found" in report, report
+
+
+# ---- hand-made requests, and the checks failing on a wrong document -----------------------------------
+
+schema = schemathesis.openapi.from_dict(DOC)
 
 
 def _png(h: int, w: int) -> bytes:
@@ -187,6 +274,10 @@ def _bomb_png(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+BODIES = {"png": lambda: _png(40, 56), "bomb": lambda: _bomb_png(10000, 10000),
+          "not an image": lambda: b"GIF89a\x01\x00\x01\x00", "empty": lambda: b""}
 
 
 @pytest.mark.parametrize("headers, body_kind, media_type, status, answer_type", [
@@ -204,13 +295,15 @@ def _bomb_png(w: int, h: int) -> bytes:
     ({CUSTOM_ATTRIBUTES_HEADER: '{"classes": "circle"}'}, "png", "image/png", 400, "application/json"),
     ({}, "bomb", "image/png", 413, "application/json"),
     ({}, "png", "text/plain", 415, "application/json"),
+    ({}, "not an image", "application/x-image", 400, "application/json"),
+    ({}, "empty", "image/jpeg", 400, "application/json"),
 ])
-def test_hand_made_requests_keep_the_document(server, headers, body_kind, media_type, status, answer_type):
-    body = _png(40, 56) if body_kind == "png" else _bomb_png(10000, 10000)
+def test_hand_made_requests_keep_the_document(demo_server, headers, body_kind, media_type, status, answer_type):
+    body = BODIES[body_kind]()
     for path, params in [("/invocations", None), ("/endpoints/{endpoint_name}/invocations", {"endpoint_name": "ep"})]:
         case = schema[path]["POST"].Case(headers=dict(headers), body=body, media_type=media_type,
                                          path_parameters=params)
-        resp = case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+        resp = case.call_and_validate(base_url=demo_server.url, checks=CHECKS, timeout=60)
         assert resp.status_code == status
         assert resp.headers["content-type"] == [answer_type]
 
@@ -244,11 +337,11 @@ def _drop_png_answer(doc):
 
 @pytest.mark.parametrize("mutate", [_break_batch_strategy, _drop_415, _break_page_header,
                                     _break_invocation_header, _drop_png_answer])
-def test_the_checks_fail_on_a_wrong_document(server, mutate):
+def test_the_checks_fail_on_a_wrong_document(demo_server, mutate):
     """A document that misstates an answer (its body, status or a header) fails the checks."""
     wrong = json.loads(json.dumps(DOC))
     path, method, case_kw, title = mutate(wrong)
-    case = schemathesis.openapi.from_dict(wrong, config=CONFIG)[path][method].Case(**case_kw)
+    case = schemathesis.openapi.from_dict(wrong)[path][method].Case(**case_kw)
     with pytest.raises(schemathesis.errors.FailureGroup) as failed:
-        case.call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+        case.call_and_validate(base_url=demo_server.url, checks=CHECKS, timeout=60)
     assert [f.title for f in failed.value.exceptions] == [title]

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -338,6 +339,78 @@ def test_sigterm_with_a_full_queue_finishes_every_accepted_request(small_model_d
     assert all(size > 0 for _, size in results)
     assert exited_after < 25, f"exited {exited_after:.1f} s after SIGTERM"
     print(f"SIGTERM with a full queue: {capacity} answered 200, {extra} refused 503, exit after {exited_after:.1f} s")
+
+
+def test_sigterm_on_a_machine_slower_than_the_work_answers_every_request_200_or_503(small_model_dir, tmp_path):
+    """The work outlasts the shutdown deadline: one inference thread, two CPU-bound neighbours,
+    a full queue of large photos and one request whose body is still arriving, then SIGTERM
+    with a 3 s deadline. Every accepted request ends in its 200 or a JSON 503 + Retry-After
+    (refused early by the executor when it cannot finish, or by the event loop at the
+    deadline); no connection is dropped without an answer, and the process exits 0 soon
+    after the deadline."""
+    import cv2
+    from skimage import data
+
+    deadline_s = 3.0
+    srv = ServerProcess(small_model_dir, tmp_path / "server.log", extra_env={
+        "MASKRCNN_QUEUE_SIZE": "8", "MASKRCNN_THREADS": "1", "MASKRCNN_SHUTDOWN_DEADLINE_S": str(deadline_s),
+        "MASKRCNN_RETRY_AFTER_S": "2"})
+    capacity, extra = 1 + 8, 3
+    photo = encode_pil(cv2.resize(data.coffee(), (2400, 1800), interpolation=cv2.INTER_CUBIC), "JPEG", quality=90)
+    results, lock = [], threading.Lock()
+
+    def invoke():
+        try:
+            reply = http_call(srv.url + "/invocations", body=photo, timeout=60,
+                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+            outcome = (reply.status_code, reply.headers.get("Retry-After"), reply.content)
+        except OSError as exc:
+            outcome = (type(exc).__name__, None, b"")
+        with lock:
+            results.append(outcome)
+
+    neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        srv.wait_ready()
+        clients = [threading.Thread(target=invoke) for _ in range(capacity + extra)]
+        for t in clients:
+            t.start()
+        deadline = time.monotonic() + 60
+        while [status for status, _, _ in results].count(503) < extra:  # all there: the rest were admitted
+            assert time.monotonic() < deadline, results
+            time.sleep(0.01)
+        arriving = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        arriving.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+                         + f"Content-Length: {len(photo)}\r\n\r\n".encode() + photo[:1000])
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert srv.proc.wait(timeout=30) == 0
+        exited_after = time.monotonic() - signalled
+        for t in clients:
+            t.join(30)
+        late = b""
+        while chunk := arriving.recv(65536):
+            late += chunk
+        arriving.close()
+    finally:
+        for neighbour in neighbours:
+            neighbour.kill()
+            neighbour.wait()
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+        srv.stop()
+    statuses = [status for status, _, _ in results]
+    assert len(results) == capacity + extra and set(statuses) <= {200, 503}, statuses
+    refusals = [json.loads(body) for status, _, body in results if status == 503]
+    assert all(retry == "2" for status, retry, _ in results if status == 503)
+    assert all(r["status"] == 503 and ("busy" in r["error"] or "shutting down" in r["error"]) for r in refusals)
+    shut = sum("shutting down" in r["error"] for r in refusals)
+    assert shut >= 1, "the work fitted in the deadline: the test did not test draining"
+    assert late.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 2" in late and b"shutting down" in late, late[:300]
+    assert exited_after < deadline_s + 3, f"exited {exited_after:.1f} s after SIGTERM"
+    print(f"SIGTERM, work longer than the {deadline_s:g} s deadline: {statuses.count(200)} answered 200, "
+          f"{shut} refused 503 while shutting down, {extra} refused by the full queue; exit after {exited_after:.1f} s")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read a process's peak RSS")

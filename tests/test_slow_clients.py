@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import resource
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 
+from benchmarks.slow_clients import Trickle, allow_open_files, open_slow_request
 from server_fixtures import encode_pil
 from server_process import ServerProcess, http_call
 
@@ -19,23 +19,13 @@ STALLED, TRICKLING = 500, 500
 TIMEOUT_S = 15
 
 
-def _open_slow_request(port: int) -> socket.socket:
-    """A connection that has sent an invocation's headers and the first bytes of its body."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
-                 b"Content-Length: 200000\r\n\r\n\xff\xd8\xff")
-    return sock
-
-
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_NOFILE"), reason="needs POSIX file limits")
 def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir, tmp_path):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 1200:  # this process holds the clients' thousand sockets
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    allow_open_files(4096)  # this process holds the clients' thousand sockets
     srv = ServerProcess(small_model_dir, tmp_path / "server.log",
                         extra_env={"MASKRCNN_REQUEST_TIMEOUT_S": str(TIMEOUT_S)})
     clients: list[socket.socket] = []
-    stop_trickle = threading.Event()
+    trickle = None
     try:
         srv.wait_ready()
         body = encode_pil(np.asarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3)), np.uint8), "JPEG")
@@ -56,19 +46,9 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         rss_before = srv.memory_kb("VmRSS") / 1024
 
         opened_at = time.monotonic()
-        clients = [_open_slow_request(srv.port) for _ in range(STALLED + TRICKLING)]
+        clients = [open_slow_request(srv.port) for _ in range(STALLED + TRICKLING)]
         trickling = clients[STALLED:]
-
-        def trickle():  # one byte per connection about every second, never idle long
-            while not stop_trickle.is_set():
-                for sock in trickling:
-                    try:
-                        sock.send(b"\x00")
-                    except OSError:
-                        pass
-                stop_trickle.wait(1.0)
-
-        threading.Thread(target=trickle, daemon=True).start()
+        trickle = Trickle(trickling)  # one byte per connection about every second, never idle long
         time.sleep(1.0)  # let the server accept and read them all
         pings = sorted(ping() for _ in range(20))
         during = float(np.median([invoke() for _ in range(5)]))
@@ -97,7 +77,8 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         assert ping() < 0.1 and invoke() < 1.5 * usual + 0.05  # and the server is as before
         assert "did not arrive within" in srv.log()
     finally:
-        stop_trickle.set()
+        if trickle:
+            trickle.stop()
         for sock in clients:
             sock.close()
         srv.proc.terminate()
