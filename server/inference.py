@@ -178,17 +178,20 @@ class MemoryBudget:
         7.4 B/px for a 40-megapixel PNG answer with the R50 model, so 10 leaves room).
     Only `workers` requests run at once, so the need is every admitted body, the `workers`
     largest photo estimates, and (min(admitted, workers) - 1) * inference_bytes. The idle
-    size is the process's RSS at the first admission (the model is loaded and warm by then).
-    A request arriving when nothing is admitted is always taken, so a budget smaller than
-    the model only serialises requests.
+    size is the process's RSS (`measure_idle`), taken whenever a request arrives with
+    nothing admitted: the allocators and the runtimes' arenas keep some of what earlier
+    requests used, so the idle size grows after start and a figure taken once would let
+    the peak pass the budget. A request arriving when nothing is admitted is always taken,
+    so a budget smaller than the model only serialises requests.
     """
 
     BYTES_PER_PIXEL = 10
 
-    def __init__(self, budget_bytes: int, workers: int = 1):
+    def __init__(self, budget_bytes: int, workers: int = 1, measure_idle=None):
         self.budget_bytes = int(budget_bytes)
         self.workers = workers
         self.idle_bytes: int | None = None
+        self._measure_idle = measure_idle or _rss_bytes
         self._admitted: dict[int, tuple[int, int]] = {}  # ticket -> (body bytes, photo working bytes)
         self._lock = threading.Lock()
         self._next = 0
@@ -205,9 +208,9 @@ class MemoryBudget:
         working memory, as measured at warm-up (0 where unknown)."""
         request = (int(body_bytes), int(pixels) * self.BYTES_PER_PIXEL)
         with self._lock:
-            if self.idle_bytes is None:
-                self.idle_bytes = _rss_bytes()
             admitted = list(self._admitted.values())
+            if not admitted:
+                self.idle_bytes = self._measure_idle()
             now = self.need(admitted, inference_bytes)
             then = self.need(admitted + [request], inference_bytes)
             if admitted and self.idle_bytes + then > self.budget_bytes:

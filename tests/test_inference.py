@@ -184,8 +184,7 @@ def test_memory_budget_counts_bodies_and_the_running_requests_working_memory():
     from server.inference import MemoryBudget, MemoryBudgetError
 
     mb, per_px = 2**20, MemoryBudget.BYTES_PER_PIXEL
-    budget = MemoryBudget(budget_bytes=1000 * mb, workers=1)
-    budget.idle_bytes = 600 * mb  # as if measured: 400 MB to share
+    budget = MemoryBudget(budget_bytes=1000 * mb, workers=1, measure_idle=lambda: 600 * mb)  # 400 MB to share
     first = budget.admit(5 * mb, 30 * mb // per_px)  # 5 MB body, 30 MB working
     # one worker: a waiting request adds only its body until it runs
     waiting = [budget.admit(5 * mb, 30 * mb // per_px) for _ in range(10)]
@@ -202,8 +201,7 @@ def test_memory_budget_counts_bodies_and_the_running_requests_working_memory():
     budget.release(alone)
     assert budget.admit(1, 1)
 
-    two = MemoryBudget(budget_bytes=1000 * mb, workers=2)
-    two.idle_bytes = 600 * mb
+    two = MemoryBudget(budget_bytes=1000 * mb, workers=2, measure_idle=lambda: 600 * mb)
     two.admit(0, 150 * mb // per_px)
     two.admit(0, 150 * mb // per_px)  # both may run at once: 300 MB
     two.admit(0, 150 * mb // per_px)  # a third like them waits for one: no more at once
@@ -212,14 +210,33 @@ def test_memory_budget_counts_bodies_and_the_running_requests_working_memory():
     two.admit(100 * mb, 0)  # a body that fits beside them
 
 
+def test_memory_budget_takes_the_idle_size_again_whenever_the_server_is_idle():
+    """What earlier requests left in the allocators counts: the idle size is measured at each
+    admission that finds nothing admitted, not once at the first."""
+    from server.inference import MemoryBudget, MemoryBudgetError
+
+    mb, per_px = 2**20, MemoryBudget.BYTES_PER_PIXEL
+    rss = [600 * mb]
+    budget = MemoryBudget(budget_bytes=1000 * mb, workers=1, measure_idle=lambda: rss[0])
+    first = budget.admit(0, 100 * mb // per_px)
+    rss[0] = 900 * mb  # grown while requests ran: not the idle size while one is admitted
+    budget.release(budget.admit(0, 150 * mb // per_px))  # against 600 MB: fits
+    budget.release(first)
+    assert budget.idle_bytes == 600 * mb
+    alone = budget.admit(0, 100 * mb // per_px)  # idle again: 900 MB now
+    assert budget.idle_bytes == 900 * mb
+    with pytest.raises(MemoryBudgetError, match="idle 900 MB"):
+        budget.admit(0, 150 * mb // per_px)  # the one running may need 150: 900 + 150 > 1000
+    budget.release(alone)
+
+
 def test_memory_budget_counts_one_inference_per_further_concurrent_request():
     """The idle size holds one inference's activations; a second running at once needs its
     own set (measured at warm-up), a third waiting for a worker does not."""
     from server.inference import MemoryBudget, MemoryBudgetError
 
     mb, per_px = 2**20, MemoryBudget.BYTES_PER_PIXEL
-    two = MemoryBudget(budget_bytes=1000 * mb, workers=2)
-    two.idle_bytes = 600 * mb
+    two = MemoryBudget(budget_bytes=1000 * mb, workers=2, measure_idle=lambda: 600 * mb)
     first = two.admit(0, 10 * mb // per_px, inference_bytes=300 * mb)  # alone: 10 MB
     assert two.need(list(two._admitted.values()), 300 * mb) == 10 * mb
     second = two.admit(0, 10 * mb // per_px, inference_bytes=300 * mb)  # beside it: 10 + 10 + 300
