@@ -12,14 +12,18 @@
 * published_state_dict(model), save_published_layout(model, path): a state_dict as torchvision
   publishes its weights, in memory or as a file.
 * DEAD_PROXY: environment under which no download can succeed, even on a machine with network.
+* wait_until(predicate): poll until it holds, failing after a deadline;
+  read_until_closed(sock): everything a socket receives until the peer closes it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -228,3 +232,19 @@ def assert_same_box_head(outputs, reference):
     np.testing.assert_allclose(probs, reference_probs, atol=1e-4)
     np.testing.assert_allclose(deltas, reference_deltas, rtol=1e-4, atol=1e-3)
     assert (probs.argmax(1) == reference_probs.argmax(1)).mean() >= 0.99
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    """Poll `predicate()` until it is true; an AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not true within {timeout:g} s"
+        time.sleep(0.005)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything `sock` receives until its peer closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data

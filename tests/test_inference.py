@@ -8,6 +8,7 @@ import time
 import falcon.testing
 import pytest
 
+from helpers import wait_until
 from server import ServerConfig, create_app
 from server.inference import InferenceExecutor, QueueFullError, ShuttingDownError
 from server_fixtures import post, assert_error
@@ -34,11 +35,8 @@ def test_full_queue_is_503_with_retry_after_and_ping_stays_fast(engine, jpeg_bod
     threads = [threading.Thread(target=call) for _ in range(2)]  # one running, one waiting
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while executor.admitted < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
     try:
-        assert executor.admitted == 2
+        wait_until(lambda: executor.admitted == 2)
         resp = post(client, jpeg_body)
         assert_error(resp, 503, "busy")
         assert resp.headers["retry-after"] == "3"
@@ -123,13 +121,6 @@ def _submit(executor, fn, outcomes, key):
     return thread
 
 
-def _wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 def test_draining_refuses_at_once_the_waiting_jobs_that_cannot_finish_and_runs_the_rest():
     """Jobs take 0.3 s; one runs (gated, past its expected time), four wait, and the deadline
     leaves room for two: the last two are refused as soon as draining begins, long before the
@@ -139,14 +130,14 @@ def test_draining_refuses_at_once_the_waiting_jobs_that_cannot_finish_and_runs_t
     assert 0.25 < executor.expected_s < 0.6
     gate, order, outcomes = threading.Event(), [], {}
     threads = [_submit(executor, gate.wait, outcomes, "running")]
-    _wait_until(lambda: executor.admitted == 1)
+    wait_until(lambda: executor.admitted == 1)
     time.sleep(0.4)  # the running job is past its expected time: a worker is expected free now
     for i in range(4):
         threads.append(_submit(executor, lambda i=i: order.append(i), outcomes, i))
-        _wait_until(lambda: executor.admitted == 2 + i)  # queued in this order
+        wait_until(lambda: executor.admitted == 2 + i)  # queued in this order
     began = time.monotonic()
     executor.drain(finish_by=began + 2.5 * executor.expected_s)
-    _wait_until(lambda: 2 in outcomes and 3 in outcomes)
+    wait_until(lambda: 2 in outcomes and 3 in outcomes)
     assert outcomes[2][0] == outcomes[3][0] == "refused"
     assert max(outcomes[2][1], outcomes[3][1]) - began < 0.2  # at once, not at the deadline
     assert 0 not in outcomes and 1 not in outcomes  # still waiting for the worker

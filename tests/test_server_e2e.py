@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from engine.image_io import decode_image
+from helpers import read_until_closed
 from server_fixtures import encode_pil
 from server_process import REPO, ServerProcess, free_port, http_call, serve_command
 
@@ -285,38 +286,58 @@ def test_a_12_megapixel_photo_costs_the_server_little_memory(small_model_dir, tm
     assert peak_mb < 200, f"12 MP requests took the server {peak_mb:.0f} MB over the warm model (bound 150 MB)"
 
 
+class QueueFiller:
+    """`capacity + extra` concurrent invocations of a 2400x1800 photo (big enough that every
+    client has arrived before the first answer is done) against `srv`; `start()` returns once
+    `extra` of them were refused 503, so the others were admitted. `results`: (status or the
+    connection error's name, Retry-After, body) per client, in the order they ended."""
+
+    def __init__(self, srv, capacity: int, extra: int):
+        import cv2
+        from skimage import data
+
+        self.srv, self.extra = srv, extra
+        self.photo = encode_pil(cv2.resize(data.coffee(), (2400, 1800), interpolation=cv2.INTER_CUBIC), "JPEG",
+                                quality=90)
+        self.results, self._lock = [], threading.Lock()
+        self.clients = [threading.Thread(target=self._invoke) for _ in range(capacity + extra)]
+
+    def _invoke(self):
+        try:
+            reply = http_call(self.srv.url + "/invocations", body=self.photo, timeout=60,
+                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+            outcome = (reply.status_code, reply.headers.get("Retry-After"), reply.content)
+        except OSError as exc:
+            outcome = (type(exc).__name__, None, b"")
+        with self._lock:
+            self.results.append(outcome)
+
+    def statuses(self) -> list:
+        return [status for status, _, _ in self.results]
+
+    def start(self, deadline_s: float = 60.0) -> None:
+        for t in self.clients:
+            t.start()
+        deadline = time.monotonic() + deadline_s
+        while self.statuses().count(503) < self.extra:  # all there: the rest were admitted
+            assert time.monotonic() < deadline and 200 not in self.statuses(), self.results
+            time.sleep(0.01)
+
+    def join(self) -> None:
+        for t in self.clients:
+            t.join(30)
+
+
 def test_sigterm_with_a_full_queue_finishes_every_accepted_request(small_model_dir, tmp_path):
     """SIGTERM while every worker and queue slot is taken and more clients were refused (503):
     each accepted request still gets its 200, new connections are refused, and the process
     exits 0 well inside SageMaker's 30 s."""
-    import cv2
-    from skimage import data
-
     srv = ServerProcess(small_model_dir, tmp_path / "server.log", extra_env={"MASKRCNN_QUEUE_SIZE": "6"})
     capacity, extra = 1 + 6, 5  # one worker, six waiting; five more are turned away
-    # big enough that every client has arrived before the first answer is done
-    photo = encode_pil(cv2.resize(data.coffee(), (2400, 1800), interpolation=cv2.INTER_CUBIC), "JPEG", quality=90)
-    results, lock = [], threading.Lock()
-
-    def invoke():
-        try:
-            reply = http_call(srv.url + "/invocations", body=photo, timeout=60,
-                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
-            outcome = (reply.status_code, len(reply.content))
-        except OSError as exc:
-            outcome = (type(exc).__name__, 0)
-        with lock:
-            results.append(outcome)
-
+    queue = QueueFiller(srv, capacity, extra)
     try:
         srv.wait_ready()
-        clients = [threading.Thread(target=invoke) for _ in range(capacity + extra)]
-        for t in clients:
-            t.start()
-        deadline = time.monotonic() + 30
-        while [status for status, _ in results].count(503) < extra:  # all there: the rest were admitted
-            assert time.monotonic() < deadline and 200 not in [status for status, _ in results], results
-            time.sleep(0.01)
+        queue.start(deadline_s=30)
         srv.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         while True:  # the listener closes within a poll interval: new clients are refused at once
@@ -328,15 +349,14 @@ def test_sigterm_with_a_full_queue_finishes_every_accepted_request(small_model_d
             time.sleep(0.05)
         assert srv.proc.wait(timeout=30) == 0
         exited_after = time.monotonic() - signalled
-        for t in clients:
-            t.join(30)
+        queue.join()
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()
         srv.stop()
-    statuses = sorted(status for status, _ in results)
+    statuses = sorted(queue.statuses())
     assert statuses == [200] * capacity + [503] * extra, statuses
-    assert all(size > 0 for _, size in results)
+    assert all(body for _, _, body in queue.results)
     assert exited_after < 25, f"exited {exited_after:.1f} s after SIGTERM"
     print(f"SIGTERM with a full queue: {capacity} answered 200, {extra} refused 503, exit after {exited_after:.1f} s")
 
@@ -348,50 +368,26 @@ def test_sigterm_on_a_machine_slower_than_the_work_answers_every_request_200_or_
     (refused early by the executor when it cannot finish, or by the event loop at the
     deadline); no connection is dropped without an answer, and the process exits 0 soon
     after the deadline."""
-    import cv2
-    from skimage import data
-
     deadline_s = 3.0
     srv = ServerProcess(small_model_dir, tmp_path / "server.log", extra_env={
         "MASKRCNN_QUEUE_SIZE": "8", "MASKRCNN_THREADS": "1", "MASKRCNN_SHUTDOWN_DEADLINE_S": str(deadline_s),
         "MASKRCNN_RETRY_AFTER_S": "2"})
     capacity, extra = 1 + 8, 3
-    photo = encode_pil(cv2.resize(data.coffee(), (2400, 1800), interpolation=cv2.INTER_CUBIC), "JPEG", quality=90)
-    results, lock = [], threading.Lock()
-
-    def invoke():
-        try:
-            reply = http_call(srv.url + "/invocations", body=photo, timeout=60,
-                              headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
-            outcome = (reply.status_code, reply.headers.get("Retry-After"), reply.content)
-        except OSError as exc:
-            outcome = (type(exc).__name__, None, b"")
-        with lock:
-            results.append(outcome)
-
+    queue = QueueFiller(srv, capacity, extra)
     neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         srv.wait_ready()
-        clients = [threading.Thread(target=invoke) for _ in range(capacity + extra)]
-        for t in clients:
-            t.start()
-        deadline = time.monotonic() + 60
-        while [status for status, _, _ in results].count(503) < extra:  # all there: the rest were admitted
-            assert time.monotonic() < deadline, results
-            time.sleep(0.01)
+        queue.start()
         arriving = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
         arriving.sendall(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
-                         + f"Content-Length: {len(photo)}\r\n\r\n".encode() + photo[:1000])
+                         + f"Content-Length: {len(queue.photo)}\r\n\r\n".encode() + queue.photo[:1000])
         time.sleep(0.2)
         srv.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert srv.proc.wait(timeout=30) == 0
         exited_after = time.monotonic() - signalled
-        for t in clients:
-            t.join(30)
-        late = b""
-        while chunk := arriving.recv(65536):
-            late += chunk
+        queue.join()
+        late = read_until_closed(arriving)
         arriving.close()
     finally:
         for neighbour in neighbours:
@@ -400,7 +396,7 @@ def test_sigterm_on_a_machine_slower_than_the_work_answers_every_request_200_or_
         if srv.proc.poll() is None:
             srv.proc.kill()
         srv.stop()
-    statuses = [status for status, _, _ in results]
+    results, statuses = queue.results, queue.statuses()
     assert len(results) == capacity + extra and set(statuses) <= {200, 503}, statuses
     refusals = [json.loads(body) for status, _, body in results if status == 503]
     assert all(retry == "2" for status, retry, _ in results if status == 503)

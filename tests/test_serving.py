@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from helpers import read_until_closed, wait_until
 from server import ServerConfig, create_app
 from server_fixtures import JPEG
 from server_fixtures import engine, client, jpeg_body  # noqa: F401  (fixtures)
@@ -91,20 +92,6 @@ class _Served:
             self.loop.join(30)
 
 
-def _wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
 def _post_head(length: int) -> bytes:
     return (f"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: {JPEG}\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
@@ -123,7 +110,7 @@ def test_at_the_deadline_a_request_still_inferred_or_still_arriving_is_answered_
         time.sleep(0.2)  # both read by the server
         began = time.monotonic()
         served.stop.set()
-        answers = [_read_all(inferred), _read_all(arriving)]
+        answers = [read_until_closed(inferred), read_until_closed(arriving)]
         waited = time.monotonic() - began
     finally:
         engine.gate.set()
@@ -149,7 +136,7 @@ def test_a_response_being_sent_at_the_deadline_is_not_cut_into(engine, jpeg_body
         reply = sock.recv(65536)
         assert reply.startswith(b"HTTP/1.1 200 ")
         channel = next(c for c in served.server._map.values() if isinstance(c, ServingChannel))
-        _wait_until(lambda: channel.response_begun is False)  # between requests: nothing begun
+        wait_until(lambda: channel.response_begun is False)  # between requests: nothing begun
         channel.response_begun = True  # as while a response is written
         assert channel.answer_instead(error_response(503, "Service Unavailable", "x")) is False
         channel.response_begun = False
@@ -198,7 +185,7 @@ def test_a_burst_of_connections_is_accepted_in_a_few_loop_passes_and_ping_answer
         ping = served.connect()
         ping.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         served.loop.start()
-        answer = _read_all(ping)
+        answer = read_until_closed(ping)
         passes = served.stats.passes
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
         assert served.stats.accepted == burst + 1
