@@ -76,6 +76,8 @@ USER 10001
 WORKDIR /tmp
 EXPOSE 8080
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# Multi-model endpoints (SageMaker's model API, server/models.py) when SAGEMAKER_MULTI_MODEL=true.
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=true
 
 # Exec form: the server is PID 1 and receives SIGTERM itself. `docker run IMAGE serve`
 # passes "serve" as an argument, which the entry point accepts and ignores.

@@ -7,6 +7,7 @@ detectron2's paste_masks_in_image (grid_sample, then >= threshold).
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import cv2
@@ -55,6 +56,7 @@ class InstanceMasks:
     def __init__(self, count: int, image_size):
         self.count = int(count)
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.paste_s = 0.0  # seconds spent making crops so far (PastedMasks pastes; stored crops cost 0)
 
     def __len__(self) -> int:
         return self.count
@@ -180,6 +182,13 @@ class PastedMasks(InstanceMasks):
         return self._extents.copy()
 
     def crop(self, i: int) -> MaskCrop:
+        start = time.perf_counter()
+        try:
+            return self._paste(i)
+        finally:
+            self.paste_s += time.perf_counter() - start
+
+    def _paste(self, i: int) -> MaskCrop:
         x0, y0, x1, y1 = (int(v) for v in self._extents[i])
         if x0 >= x1 or y0 >= y1:
             return _NO_CROP

@@ -24,6 +24,7 @@ exit 0 (server.serving).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -44,9 +45,11 @@ from engine.named_models import NAMED_MODELS, ensure_named_model
 
 from engine.render import prepare_thread
 
-from .app import EngineSlot, create_app
+from .app import create_app
 from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
-from .inference import InferenceExecutor, peak_growth
+from .inference import InferenceExecutor
+from .metrics import Metrics
+from .models import EngineSlot, load_engine
 from .serving import serve_until
 
 # Under `python -m server` this module is "__main__"; name it as the `serve` script sees it.
@@ -138,13 +141,7 @@ def _load_engine(slot: EngineSlot, model_dir: Path, backend: str, precision: str
     """Load and warm up the engine, then fill the slot (/ping turns 200); on error, stop."""
     start = time.perf_counter()
     try:
-        from engine import Engine, default_threads
-
-        engine = Engine.load(model_dir, backend=backend, threads=config.threads_per_worker(default_threads()),
-                             cuda_tf32=config.cuda_tf32, precision=precision)
-        # what one inference needs over the loaded model (its arena's first fill included):
-        # admission by memory counts it once per further concurrent inference
-        inference_bytes = peak_growth(engine.warmup)
+        engine, inference_bytes = load_engine(model_dir, config, backend, precision)
     except EngineError as exc:  # the message names the missing or broken file
         logger.error("could not load the model from %s: %s", model_dir, exc)
         failed.set()
@@ -168,12 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         config = ServerConfig.from_env(os.environ)
+        # the flags win over the environment, for the one model and for every multi-model load
+        config = dataclasses.replace(config, backend=args.backend or config.backend,
+                                     precision=args.precision or config.precision)
         port = resolve_port(args.port, os.environ)
         threads = args.threads or config.http_threads
         if threads <= config.workers + config.queue_size:
             raise ValueError(f"--threads {threads} must exceed inference workers ({config.workers}) + "
                              f"queue size ({config.queue_size}), or /ping could starve")
-        if args.model:  # built on first use (minutes); progress on stderr, the JSON log stays on stdout
+        if config.multi_model:
+            if args.model or args.model_dir:
+                raise ValueError("with SAGEMAKER_MULTI_MODEL=true models are loaded through POST /models; "
+                                 "drop --model/--model-dir (or unset SAGEMAKER_MULTI_MODEL)")
+            model_dir = None
+        elif args.model:  # built on first use (minutes); progress on stderr, the JSON log stays on stdout
             model_dir = ensure_named_model(args.model, args.weights, os.environ)
         else:
             model_dir = resolve_model_dir(args.model_dir, os.environ)
@@ -181,10 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"serve: error: {exc}")
 
     allow_open_files(config.max_connections + 256)  # the connections, plus the model's files and logs
-    slot = EngineSlot()
+    slot = None if config.multi_model else EngineSlot()
     # inference threads render the image answers: their OpenCV text set-up is done up front
     executor = InferenceExecutor(config.workers, config.queue_size, initializer=prepare_thread)
-    app = create_app(slot, config, executor)
+    metrics = Metrics()
+    app = create_app(slot, config, executor, metrics)
     # waitress's own limit (a plain-text 413) only backs up the app's JSON one.
     try:
         server = waitress.create_server(app, host=args.host, port=port, threads=threads,
@@ -203,16 +209,19 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
-    logger.info("listening on %s; loading the model", ", ".join(f"http://{h}:{p}" for h, p in listening),
-                extra={"fields": {"model_dir": str(model_dir), "threads": threads,
+    logger.info("listening on %s; %s", ", ".join(f"http://{h}:{p}" for h, p in listening),
+                "multi-model: models are loaded through POST /models" if slot is None else "loading the model",
+                extra={"fields": {"model_dir": str(model_dir) if model_dir else None, "threads": threads,
                                   "workers": config.workers, "queue_size": config.queue_size,
-                                  "max_body_bytes": config.max_body_bytes}})
-    threading.Thread(target=_load_engine, args=(slot, model_dir, args.backend or config.backend,
-                                                args.precision or config.precision, config, stop, failed),
-                     name="model-loader", daemon=True).start()
+                                  "max_body_bytes": config.max_body_bytes, "multi_model": config.multi_model,
+                                  "memory_budget_mb": config.memory_budget_mb}})
+    if slot is not None:
+        threading.Thread(target=_load_engine, args=(slot, model_dir, config.backend, config.precision, config,
+                                                    stop, failed),
+                         name="model-loader", daemon=True).start()
     answered = serve_until(server, stop, deadline_s=config.shutdown_deadline_s,
                            request_timeout_s=config.request_timeout_s, on_stop=executor.drain,
-                           retry_after_s=config.retry_after_s)
+                           retry_after_s=config.retry_after_s, on_refused=metrics.refused)
     logger.info("stopped")
     code = 1 if failed.is_set() else 0
     if not answered:

@@ -7,6 +7,11 @@
     GET  /                                       a web page to try the service (server/static/)
     GET  /static/{file}                          its script, style sheet, icon and sample scene
     GET  /openapi.json                           the OpenAPI 3.1 document of all of the above
+    GET  /metrics                                Prometheus metrics (server/metrics.py)
+
+With SAGEMAKER_MULTI_MODEL=true, SageMaker's multi-model API too (server/models.py):
+POST/GET /models, GET/DELETE /models/{model_name}, POST /models/{model_name}/invoke, and
+/invocations answers with the model its X-Amzn-SageMaker-Target-Model header names.
 
 Resources are thin: negotiation.py validates headers, responses.py does the work on the
 inference executor, errors.py turns every exception into a JSON error.
@@ -30,6 +35,8 @@ from .config import ServerConfig
 from .errors import BadRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
 from .inference import (InferenceExecutor, InferenceTimeoutError, MemoryBudget, MemoryBudgetError, QueueFullError,
                         ShuttingDownError)
+from .metrics import Metrics, MetricsResource
+from .models import TARGET_MODEL_HEADER, EngineSlot, ModelRegistry, check_model_name
 from .negotiation import (CUSTOM_ATTRIBUTES_HEADER, choose_response_type, media_type,
                           parse_custom_attributes, request_image_type, selectable_classes)
 from .openapi import OPENAPI_PATH, OpenApiDocuments
@@ -40,59 +47,39 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BATCH_STRATEGY = "SingleRecord"  # one image per request (see ExecutionParametersResource)
 MAX_TRANSFORM_PAYLOAD_MB = 100  # CreateTransformJob's upper bound for MaxPayloadInMB
+MAX_LOAD_REQUEST_BYTES = 64 * 1024  # a multi-model load request is a name and a path
 # The page loads only its own script and style sheet and calls only this origin; images it
 # shows are blob: URLs of the responses.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'none'")
 
 
-class EngineSlot:
-    """Holds the engine once it is loaded and warmed up; empty until then.
-
-    The server starts accepting connections before the model is loaded (SageMaker wants a
-    socket quickly), so /ping and /invocations look here to know whether they can serve.
-    `inference_bytes`: one inference's working memory, measured at warm-up (0 if unknown),
-    which admission by memory counts once per further concurrent inference.
-    """
-
-    def __init__(self, engine=None, inference_bytes: int = 0):
-        self._engine = engine
-        self.inference_bytes = inference_bytes
-
-    @property
-    def engine(self):
-        return self._engine
-
-    @property
-    def ready(self) -> bool:
-        return self._engine is not None
-
-    def set(self, engine, inference_bytes: int = 0) -> None:
-        self.inference_bytes = inference_bytes
-        self._engine = engine
-
-
-def read_body(stream, content_length: int | None, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes by header and while reading."""
+def read_body(stream, content_length: int | None, limit: int,
+              expected: str = "send a JPEG or PNG image") -> bytes:
+    """The request body, refusing more than `limit` bytes by header and while reading;
+    `expected` says what an empty body should have been."""
     if content_length is not None and content_length > limit:
         raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit}")
     data = stream.read(limit + 1)  # one byte more than allowed tells us it is too big
     if len(data) > limit:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
     if not data:
-        raise BadRequest("empty request body; send a JPEG or PNG image")
+        raise BadRequest(f"empty request body; {expected}")
     return data
 
 
 class PingResource:
-    def __init__(self, slot: EngineSlot, config: ServerConfig):
-        self._slot = slot
+    def __init__(self, models, config: ServerConfig):
+        self._models = models
         self._config = config
 
     def on_get(self, req, resp):
-        engine = self._slot.engine
-        if engine is None:
-            raise ServiceUnavailable("model is loading", self._config.retry_after_s)
+        if self._models.multi_model:  # healthy with or without models: SageMaker loads them later
+            resp.media = {"status": "ok", "multi_model": True, "models": len(self._models)}
+            return
+        engine = self._models.engine
+        if engine is None:  # a health check's answer, not a refused request: no refusal reason
+            raise ServiceUnavailable("model is loading", self._config.retry_after_s, None)
         # classes: what the `classes` custom attribute accepts, so that a client (the web page)
         # can offer a class filter for whatever model is served; a short list, built here
         # from the engine's names without touching the inference queue.
@@ -104,17 +91,21 @@ class PingResource:
 
 
 class InvocationsResource:
-    def __init__(self, slot: EngineSlot, executor: InferenceExecutor, config: ServerConfig):
-        self._slot = slot
+    """POST /invocations (and its aliases): one photo through the model the request names
+    (multi-model) or the one model (single-model)."""
+
+    def __init__(self, models, executor: InferenceExecutor, config: ServerConfig, budget: MemoryBudget,
+                 metrics: Metrics):
+        self._models = models
         self._executor = executor
         self._config = config
-        self._budget = MemoryBudget(config.memory_budget_mb * 2**20, config.workers)
+        self._budget = budget
+        self._metrics = metrics
 
-    def on_post(self, req, resp, endpoint_name: str | None = None):
+    def on_post(self, req, resp, endpoint_name: str | None = None, model_name: str | None = None):
         config = self._config
-        engine = self._slot.engine
-        if engine is None:
-            raise ServiceUnavailable("model is loading", config.retry_after_s)
+        served = self._models.for_request(req, model_name, config.retry_after_s)
+        engine = served.engine
         # Everything decided from headers comes first, before the body is touched.
         request_image_type(req.content_type)
         options = parse_custom_attributes(req.get_header(CUSTOM_ATTRIBUTES_HEADER), engine.class_names)
@@ -127,22 +118,24 @@ class InvocationsResource:
         req.context.image_size = [info.width, info.height]
         if info.megapixels > config.max_megapixels:
             raise PayloadTooLarge(f"image is {info.width}x{info.height} = {info.megapixels:.1f} "
-                                  f"megapixels; the limit is {config.max_megapixels:g}")
+                                  f"megapixels; the limit is {config.max_megapixels:g}", reason="too_many_pixels")
         try:
-            ticket = self._budget.admit(len(data), info.width * info.height, self._slot.inference_bytes)
+            ticket = self._budget.admit(len(data), info.width * info.height, served.inference_bytes)
         except MemoryBudgetError as exc:
-            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
+            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s,
+                                     "memory_budget") from None
         try:
             result = self._executor.run(run_invocation, engine, data, options, response_type,
                                         config.jpeg_quality, info, timeout=config.timeout_s)
         except QueueFullError as exc:
-            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s) from None
+            raise ServiceUnavailable(f"server busy: {exc}; retry later", config.retry_after_s, "queue_full") from None
         except InferenceTimeoutError as exc:
             raise GatewayTimeout(str(exc)) from None
         except ShuttingDownError as exc:  # the draining event loop closes the connection once this is sent
-            raise ServiceUnavailable(f"{exc}; retry", config.retry_after_s) from None
+            raise ServiceUnavailable(f"{exc}; retry", config.retry_after_s, "shutting_down") from None
         finally:
             self._budget.release(ticket)
+        self._metrics.observe_invocation(result.stages_s, result.detections)
         req.context.detections = result.detections
         req.context.inference_ms = round(result.inference_ms, 1)
         resp.content_type = result.content_type
@@ -150,6 +143,52 @@ class InvocationsResource:
         resp.set_header(CUSTOM_ATTRIBUTES_HEADER, json.dumps(
             {"model": engine.model_name[:200], "inference_ms": round(result.inference_ms, 1),
              "detections": result.detections}, separators=(",", ":")))
+
+
+class ModelsResource:
+    """POST /models (load) and GET /models (list, paginated): SageMaker's multi-model API."""
+
+    def __init__(self, registry: ModelRegistry, executor: InferenceExecutor, config: ServerConfig):
+        self._registry = registry
+        self._executor = executor
+        self._config = config
+
+    def on_post(self, req, resp):
+        if self._executor.draining:
+            raise ServiceUnavailable("the server is shutting down; load the model elsewhere",
+                                     self._config.retry_after_s, "shutting_down")
+        data = read_body(req.bounded_stream, req.content_length, MAX_LOAD_REQUEST_BYTES,
+                         'send JSON {"model_name": NAME, "url": MODEL_DIR}')
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"the body must be JSON {{\"model_name\": ..., \"url\": ...}}: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str) or not body["url"]:
+            raise BadRequest('the body must be a JSON object {"model_name": NAME, "url": MODEL_DIR}')
+        served = self._registry.load(check_model_name(body.get("model_name")), body["url"])
+        resp.media = {"status": f"model {served.name!r} loaded", **served.description()}
+
+    def on_get(self, req, resp):
+        limit = req.get_param_as_int("limit")
+        page, token = self._registry.page(limit, req.get_param("next_page_token"))
+        resp.media = {"models": [{"modelName": m.name, "modelUrl": m.url} for m in page]}
+        if token is not None:
+            resp.media["nextPageToken"] = token
+
+
+class ModelResource:
+    """GET /models/{model_name} (describe) and DELETE /models/{model_name} (unload)."""
+
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    def on_get(self, req, resp, model_name: str):
+        resp.media = self._registry.get(model_name).description()
+
+    def on_delete(self, req, resp, model_name: str):
+        description = self._registry.unload(model_name)
+        resp.media = {"status": f"model {model_name!r} unloaded", "modelName": model_name,
+                      "modelUrl": description["modelUrl"]}
 
 
 class PageResource:
@@ -171,13 +210,14 @@ class OpenApiResource:
     """GET /openapi.json: the API's OpenAPI 3.1 document, the packaged file until the model is
     loaded, then made exact for it (server/openapi.py)."""
 
-    def __init__(self, slot: EngineSlot, documents: OpenApiDocuments):
-        self._slot = slot
+    def __init__(self, models, documents: OpenApiDocuments):
+        self._models = models
         self._documents = documents
 
     def on_get(self, req, resp):
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = self._documents.for_engine(self._slot.engine)
+        # a multi-model server's models differ in their classes: the generic document
+        resp.data = self._documents.for_engine(getattr(self._models, "engine", None))
 
 
 class ExecutionParametersResource:
@@ -234,6 +274,7 @@ class RequestLogger:
             "response_type": media_type(resp.content_type) or None,
             "request_bytes": req.content_length,
             "response_bytes": len(resp.data) if resp.data is not None else None,
+            "target_model": req.get_header(TARGET_MODEL_HEADER),
             "image_size": ctx.get("image_size"),
             "detections": ctx.get("detections"),
             "inference_ms": ctx.get("inference_ms"),
@@ -245,29 +286,54 @@ class RequestLogger:
 
 
 def create_app(engine, config: ServerConfig | None = None,
-               executor: InferenceExecutor | None = None) -> falcon.App:
+               executor: InferenceExecutor | None = None, metrics: Metrics | None = None) -> falcon.App:
     """Build the WSGI app.
 
     Args:
         engine: an object with the `engine.Engine` surface (predict, class_names,
             model_name, backend_name), or an `EngineSlot` that is filled in later (then
-            /ping answers 503 until it is).
+            /ping answers 503 until it is), or a `ModelRegistry` (multi-model mode; None
+            with config.multi_model makes an empty one).
         config: deployment settings; defaults if None.
         executor: admission control for inferences; by default one sized from config.
+        metrics: what /metrics serves; by default a fresh set for this app.
     """
     config = config or ServerConfig()
-    slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
+    if isinstance(engine, (EngineSlot, ModelRegistry)):
+        models = engine
+    elif engine is None and config.multi_model:
+        models = ModelRegistry(config)
+    else:
+        models = EngineSlot(engine)
     # inference threads render the image answers: their OpenCV text set-up is done up front
     executor = executor or InferenceExecutor(config.workers, config.queue_size, initializer=prepare_thread)
-    app = falcon.App(middleware=[RequestLogger(), OnlyDeclaredMethods()])
+    metrics = metrics or Metrics()
+    budget = MemoryBudget(config.memory_budget_mb * 2**20, config.workers)
+    metrics.bind_executor(executor)
+    metrics.bind_memory_budget(budget)
+    executor.wait_observer = metrics.queue_wait_seconds.observe
+    app = falcon.App(middleware=[RequestLogger(), metrics, OnlyDeclaredMethods()])
     app.req_options.strip_url_path_trailing_slash = True
-    invocations = InvocationsResource(slot, executor, config)
-    app.add_route("/ping", PingResource(slot, config))
+    invocations = InvocationsResource(models, executor, config, budget, metrics)
+    app.add_route("/ping", PingResource(models, config))
     app.add_route("/invocations", invocations)
     app.add_route("/endpoints/{endpoint_name}/invocations", invocations)
+    if models.multi_model:
+        models.budget = budget
+        models.loaded_observers.append(metrics.model_loaded)
+        models.unloaded_observers.append(metrics.model_unloaded)
+        models.load_observers.append(metrics.observe_model_load)
+        app.add_route("/models", ModelsResource(models, executor, config))
+        app.add_route("/models/{model_name}", ModelResource(models))
+        app.add_route("/models/{model_name}/invoke", invocations)
+    else:
+        models.observers.append(metrics.model_loaded)
+        if models.ready:
+            metrics.model_loaded(models.engine, models.inference_bytes)
     app.add_route("/execution-parameters", ExecutionParametersResource(config))
     app.add_route("/", PageResource(STATIC_DIR))
-    app.add_route("/openapi.json", OpenApiResource(slot, OpenApiDocuments(OPENAPI_PATH)))
+    app.add_route("/openapi.json", OpenApiResource(models, OpenApiDocuments(OPENAPI_PATH, multi_model=models.multi_model)))
+    app.add_route("/metrics", MetricsResource(metrics))
     app.add_static_route("/static", STATIC_DIR)
     errors.install(app)
     return app

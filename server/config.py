@@ -20,6 +20,11 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
 | memory_budget_mb  | MASKRCNN_MEMORY_BUDGET_MB (admission, server.inference)   | 1800             |
 | shutdown_deadline_s | MASKRCNN_SHUTDOWN_DEADLINE_S (SIGTERM to last answer)   | 24               |
+| multi_model       | SAGEMAKER_MULTI_MODEL=true (any case; server.models)      | false            |
+
+In multi-model mode the memory budget, unless MASKRCNN_MEMORY_BUDGET_MB sets it, is
+MULTI_MODEL_MEMORY_SHARE of the memory this container may use (its cgroup limit, else the
+machine's): there it decides how many models fit (507 past it), not one model's headroom.
 
 (1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (every
 graph BF16, the native RoIAlign FP32; only the dense graph where that was not built), else fp32.
@@ -64,6 +69,9 @@ DEFAULT_MEMORY_BUDGET_MB = 1800
 # After SIGTERM every accepted request has its answer (or a 503) by this deadline, and the
 # process exits about a second later: SageMaker sends SIGKILL 30 s after SIGTERM.
 DEFAULT_SHUTDOWN_DEADLINE_S = 24.0
+# Multi-model mode's default memory budget, as a share of the container's memory: the rest
+# is the headroom for what admission cannot see (the interpreter, libraries, page cache).
+MULTI_MODEL_MEMORY_SHARE = 0.85
 # HTTP threads beyond workers + queue_size: these answer /ping while inference is busy.
 SPARE_HTTP_THREADS = 2
 # Limits fixed by the API rather than by deployment.
@@ -91,6 +99,7 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     shutdown_deadline_s: float = DEFAULT_SHUTDOWN_DEADLINE_S
+    multi_model: bool = False
 
     def __post_init__(self):
         if self.max_body_bytes < 1:
@@ -163,6 +172,14 @@ class ServerConfig:
             kw["backend"] = environ["MASKRCNN_BACKEND"].strip()
         if environ.get("MASKRCNN_PRECISION", "").strip():
             kw["precision"] = environ["MASKRCNN_PRECISION"].strip().lower()
+        multi_model = environ.get("SAGEMAKER_MULTI_MODEL", "").strip().lower()
+        if multi_model not in ("", "true", "false"):
+            raise ValueError(f"environment variable SAGEMAKER_MULTI_MODEL={environ['SAGEMAKER_MULTI_MODEL']!r} "
+                             f"must be true or false")
+        if multi_model == "true":
+            kw["multi_model"] = True
+            if "MASKRCNN_MEMORY_BUDGET_MB" not in environ:
+                kw["memory_budget_mb"] = max(1, int(container_memory_bytes() * MULTI_MODEL_MEMORY_SHARE) // MIB)
         tf32 = environ.get("MASKRCNN_CUDA_TF32", "").strip()
         if tf32:
             if tf32 not in ("0", "1"):
@@ -172,6 +189,26 @@ class ServerConfig:
             return cls(**kw)
         except ValueError as exc:
             raise ValueError(f"invalid server setting from the environment: {exc}") from None
+
+
+def container_memory_bytes(cgroup_root: str = "/sys/fs/cgroup", meminfo: str = "/proc/meminfo") -> int:
+    """The memory this process may use: its cgroup's limit (v2 memory.max, v1
+    memory.limit_in_bytes) where one is set, else the machine's MemTotal."""
+    total = 0
+    try:
+        with open(meminfo) as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            with open(f"{cgroup_root}/{name}") as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and (not total or int(raw) < total):  # v1 says "no limit" with a huge number
+            return int(raw)
+    return total or DEFAULT_MEMORY_BUDGET_MB * MIB
 
 
 def _number(environ: Mapping[str, str], name: str, kind: type):

@@ -57,6 +57,8 @@ class InferenceExecutor:
     """
 
     def __init__(self, workers: int = 1, queue_size: int = 8, initializer=None):
+        """`wait_observer`, settable after construction: called with the seconds each job
+        waited for its worker, as it starts (the metrics' queue-wait histogram)."""
         if workers < 1 or queue_size < 0:
             raise ValueError(f"need workers >= 1 and queue_size >= 0, got {workers}, {queue_size}")
         self.workers = workers
@@ -68,6 +70,7 @@ class InferenceExecutor:
         self._started: dict[object, float] = {}  # running job's ticket -> its start (monotonic)
         self._expected_s = 0.0  # unknown until a job has run: then nothing is refused early
         self._finish_by: float | None = None
+        self.wait_observer = None
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="inference", initializer=initializer)
         weakref.finalize(self, self._threads.shutdown, wait=False)  # idle threads end with the executor
         # Start every worker now (each blocks until all exist, so none is reused), so that
@@ -80,6 +83,16 @@ class InferenceExecutor:
     def admitted(self) -> int:
         """Jobs running or waiting now."""
         return self._admitted
+
+    @property
+    def waiting(self) -> int:
+        """Admitted jobs waiting for a worker now."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Jobs on a worker now."""
+        return len(self._started)
 
     @property
     def expected_s(self) -> float:
@@ -102,6 +115,7 @@ class InferenceExecutor:
             raise QueueFullError(f"{self.workers} inference worker(s) busy and "
                                  f"{self.queue_size} request(s) already waiting")
         ticket = object()
+        arrived = time.monotonic()
         try:
             with self._changed:
                 self._admitted += 1
@@ -112,6 +126,8 @@ class InferenceExecutor:
                     self._waiting.remove(ticket)
                     self._changed.notify_all()  # the next in line may now be first
                 start = self._started[ticket] = time.monotonic()
+            if self.wait_observer is not None:
+                self.wait_observer(start - arrived)
             try:
                 return self._threads.submit(fn, *args, **kwargs).result()
             finally:

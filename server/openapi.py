@@ -12,6 +12,12 @@ the model, the `classes` custom attribute, is filled in once the engine is loade
 and whose Ping schema states the `classes` list /ping answers. Until the engine is loaded the
 generic document is served; every invocation is a 503 then.
 
+A multi-model server (SAGEMAKER_MULTI_MODEL=true, server/models.py) serves another document,
+the same for every model it loads: server/openapi.json with the hand-written fragment
+server/openapi_multi_model.json merged in by `with_multi_model` (its paths replace or join the
+base's: /ping, the invocation routes with their X-Amzn-SageMaker-Target-Model header, and the
+/models routes; its components, tags and a paragraph of description are added).
+
 The patterns are written for both dialects that read them: ECMA-262, which JSON Schema
 names, and Python's re (jsonschema, hypothesis): characters escaped only where either needs
 it, character classes of literal characters, no flags.
@@ -31,6 +37,8 @@ from pathlib import Path
 from .negotiation import selectable_classes
 
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"  # hand-written; tests/test_openapi.py checks it
+# hand-written too: what a multi-model server changes and adds (see with_multi_model)
+MULTI_MODEL_OPENAPI_PATH = Path(__file__).resolve().parent / "openapi_multi_model.json"
 
 # Every character with a case folding is in Unicode's planes 0 and 1 (planes 2 and up hold
 # ideographs, tags, variation selectors and private use), so the scan below stops there.
@@ -109,21 +117,55 @@ def for_model(document: dict, class_names) -> dict:
     return document
 
 
-class OpenApiDocuments:
-    """The bytes of /openapi.json: the packaged file until an engine is loaded, then the
-    engine's own document, built on first use and kept with the engine it describes."""
+def with_multi_model(document: dict, fragment: dict) -> dict:
+    """A copy of `document` (server/openapi.json) as a multi-model server serves it, with
+    `fragment` (server/openapi_multi_model.json) merged in: each of the fragment's paths
+    replaces the base's path item of that name or is added after them; each components
+    section gains the fragment's entries (one of the same name replaces the base's); its tags
+    are added; its info.description is a paragraph after the base's."""
+    document = copy.deepcopy(document)
+    fragment = copy.deepcopy(fragment)
+    info = fragment.get("info", {})
+    if "description" in info:
+        document["info"]["description"] = document["info"].get("description", "") + "\n\n" + info["description"]
+    tags = {tag["name"]: tag for tag in document.get("tags", [])}
+    tags.update((tag["name"], tag) for tag in fragment.get("tags", []))
+    if tags:
+        document["tags"] = list(tags.values())
+    document["paths"].update(fragment.get("paths", {}))
+    components = document.setdefault("components", {})
+    for section, entries in fragment.get("components", {}).items():
+        components.setdefault(section, {}).update(entries)
+    return document
 
-    def __init__(self, path: Path = OPENAPI_PATH):
-        self._generic = path.read_bytes()  # a few kB
+
+def _dumps(document: dict) -> bytes:
+    return json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+class OpenApiDocuments:
+    """The bytes of /openapi.json. Single-model: the packaged file until an engine is loaded,
+    then the engine's own document, built on first use and kept with the engine it describes.
+    Multi-model (`multi_model=True`): the packaged file with `fragment_path` merged in
+    (with_multi_model), built once, whatever engine is asked about: the models differ in their
+    classes, and the document names none of them."""
+
+    def __init__(self, path: Path = OPENAPI_PATH, multi_model: bool = False,
+                 fragment_path: Path = MULTI_MODEL_OPENAPI_PATH):
+        self.multi_model = multi_model
+        if multi_model:
+            self._generic = _dumps(with_multi_model(json.loads(path.read_bytes()),
+                                                    json.loads(fragment_path.read_bytes())))
+        else:
+            self._generic = path.read_bytes()  # a few kB
         self._built: tuple[object, bytes] | None = None
 
     def for_engine(self, engine) -> bytes:
-        if engine is None:
+        if engine is None or self.multi_model:
             return self._generic
         built = self._built  # one read: a concurrent rebuild replaces the pair whole
         if built is not None and built[0] is engine:
             return built[1]
-        data = json.dumps(for_model(json.loads(self._generic), engine.class_names),
-                          indent=2, ensure_ascii=False).encode() + b"\n"
+        data = _dumps(for_model(json.loads(self._generic), engine.class_names))
         self._built = (engine, data)
         return data

@@ -17,6 +17,7 @@ from engine.media_types import IMAGE_FORMATS, JSON
 from engine.render import encode_image, render_detections
 
 from .mask_encoding import MASK_ENCODERS
+from .metrics import ENGINE_STAGES
 from .negotiation import RequestOptions
 
 
@@ -27,6 +28,7 @@ class InvocationResult:
     detections: int
     inference_ms: float  # engine.predict only
     total_ms: float  # decode + predict + encode
+    stages_s: dict[str, float]  # seconds per stage, by server.metrics.STAGES names
 
 
 def detections_to_json(det, options: RequestOptions) -> dict:
@@ -83,6 +85,24 @@ def run_invocation(engine, data: bytes, options: RequestOptions, response_type: 
                          max_detections=options.max_detections, class_ids=options.class_ids)
     after = time.perf_counter()
     body = ENCODERS[response_type](image, det, options, jpeg_quality)
+    end = time.perf_counter()
     return InvocationResult(body=body, content_type=response_type, detections=len(det.scores),
-                            inference_ms=(after - before) * 1e3,
-                            total_ms=(time.perf_counter() - start) * 1e3)
+                            inference_ms=(after - before) * 1e3, total_ms=(end - start) * 1e3,
+                            stages_s=stage_seconds(before - start, det, end - after))
+
+
+def stage_seconds(decode_s: float, det, encode_s: float) -> dict[str, float]:
+    """Seconds per stage (server.metrics.STAGES) of one invocation: the engine's own timings
+    (milliseconds per engine stage) summed into the server's stages, and the paste (done
+    while encoding, crop by crop, when the answer needs the masks) taken out of the encode."""
+    timings = det.timings
+    stages = {"decode": decode_s}
+    for stage, parts in ENGINE_STAGES.items():
+        ms = [timings[p] for p in parts if p in timings]
+        if ms:
+            stages[stage] = sum(ms) / 1e3
+    paste_s = getattr(det.mask_crops, "paste_s", 0.0)
+    if paste_s:
+        stages["paste"] = paste_s
+    stages["encode"] = max(encode_s - paste_s, 0.0)
+    return stages

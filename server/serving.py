@@ -139,9 +139,10 @@ class SlowRequestReaper:
     cost one pass a second, not one per event.
     """
 
-    def __init__(self, timeout_s: float, interval_s: float = 1.0):
+    def __init__(self, timeout_s: float, interval_s: float = 1.0, on_drop=None):
         self.timeout_s = timeout_s
         self.interval_s = interval_s
+        self.on_drop = on_drop  # called once per dropped request
         self._first_byte: dict[int, tuple[object, float]] = {}  # channel id -> (its parser, when it began)
         self._next_sweep = 0.0
         self.dropped = 0
@@ -177,12 +178,14 @@ class SlowRequestReaper:
                 pass
             channel.handle_close()
         self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
         logger.info("dropped a request from %s that did not arrive within %g s", channel.addr, self.timeout_s)
 
 
 def serve_until(server, stop: threading.Event, deadline_s: float = 24.0, poll_s: float = 0.2,
                 request_timeout_s: float | None = None, on_stop=None, retry_after_s: int = 2,
-                stats: LoopStats | None = None) -> bool:
+                stats: LoopStats | None = None, on_refused=None) -> bool:
     """Serve until `stop` is set; then drain until a deadline and close.
 
     Args:
@@ -195,6 +198,8 @@ def serve_until(server, stop: threading.Event, deadline_s: float = 24.0, poll_s:
         request_timeout_s: drop (408) requests that take longer to arrive; None: never.
         on_stop: called once `stop` is seen, with the deadline (a time.monotonic() value).
         stats: counts the event loop's passes and accepted connections, if given.
+        on_refused: called with (reason, count) for requests the loop itself refuses:
+            "slow_request" (408) and "shutting_down" (503 at the deadline); the metrics.
 
     Returns:
         True if every request got its own answer; False if some were refused at the deadline.
@@ -204,7 +209,8 @@ def serve_until(server, stop: threading.Event, deadline_s: float = 24.0, poll_s:
     use_poll = server.adj.asyncore_use_poll
     for listener in [d for d in socket_map.values() if isinstance(d, BaseWSGIServer)]:
         accept_in_batches(listener, stats)
-    reaper = SlowRequestReaper(request_timeout_s) if request_timeout_s else None
+    on_drop = (lambda: on_refused("slow_request", 1)) if on_refused else None
+    reaper = SlowRequestReaper(request_timeout_s, on_drop=on_drop) if request_timeout_s else None
 
     def one_pass():
         wasyncore.loop(timeout=poll_s, use_poll=use_poll, map=socket_map, count=1)
@@ -240,6 +246,8 @@ def serve_until(server, stop: threading.Event, deadline_s: float = 24.0, poll_s:
             response = error_response(503, "Service Unavailable", "the server is shutting down and could not "
                                       "answer this request in time; retry", {"Retry-After": str(int(retry_after_s))})
             refused = sum(c.answer_instead(response) for c in busy if isinstance(c, ServingChannel))
+            if on_refused is not None and refused:
+                on_refused("shutting_down", refused)
             logger.warning("shutdown: answered %d request(s) 503 at the %.0f s deadline; %d response(s) still "
                            "being sent", refused, deadline_s, len(busy) - refused)
         elif refused is not None and now >= deadline + FLUSH_AFTER_DEADLINE_S:

@@ -5,13 +5,21 @@
   small real images, odd sizes down to 1x1, from `image_bytes`. Only real images: the
   document's schema-valid body is one, and positive_data_acceptance holds the server to it.
 * json_header_conformance, a check schemathesis lacks (registered, so `--checks all` runs it).
+* Multi-model servers (`before_call`, schema-valid requests only, as the image bodies): what
+  a schema-valid request is that JSON Schema cannot say. POST /models loads the model
+  directory $SCHEMATHESIS_MODEL_DIR (a `url` is a model directory in the container; a random
+  path is a 400); GET /models sends the token of a page ending at the generated text (a
+  `next_page_token` is one the server gave); an invocation's `classes` custom attribute is
+  null, all classes (the multi-model document cannot name a model's classes).
 
 tests/test_openapi.py runs the CLI with it, and imports the check for its hand-made requests.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 
 import cv2
 import jsonschema
@@ -68,3 +76,32 @@ def json_header_conformance(ctx, response, case) -> None:
             validator = jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
             errors = [e.message for e in validator.iter_errors(json.loads(values[0]))]
             assert not errors, f"response header {name} does not conform to its schema: {errors}"
+
+
+MODEL_DIR_ENV = "SCHEMATHESIS_MODEL_DIR"
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+MULTI_MODEL_INVOCATIONS = ("/invocations", "/endpoints/{endpoint_name}/invocations", "/models/{model_name}/invoke")
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs) -> None:
+    """Make a schema-valid request to a multi-model server one the server can accept (see the
+    module docstring); every other request is sent as generated."""
+    doc = case.operation.schema.raw_schema
+    meta = case.meta
+    if "/models" not in doc["paths"] or meta is None or not meta.generation.mode.is_positive:
+        return
+    path, method = case.operation.path, case.method.upper()
+    if (path, method) == ("/models", "POST") and isinstance(case.body, dict) and isinstance(case.body.get("url"), str):
+        case.body = {**case.body, "url": os.environ[MODEL_DIR_ENV]}
+    elif (path, method) == ("/models", "GET") and isinstance((case.query or {}).get("next_page_token"), str):
+        name = case.query["next_page_token"]
+        token = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=") if name else ""
+        case.query = {**case.query, "next_page_token": token}
+    elif path in MULTI_MODEL_INVOCATIONS and method == "POST" and (case.headers or {}).get(CUSTOM_ATTRIBUTES):
+        value = case.headers[CUSTOM_ATTRIBUTES]
+        attributes = json.loads(value) if isinstance(value, str) else value
+        if isinstance(attributes, dict) and attributes.get("classes") is not None:
+            attributes = {**attributes, "classes": None}  # never longer: "null" is no longer than any list
+            case.headers = {**case.headers, CUSTOM_ATTRIBUTES: json.dumps(attributes) if isinstance(value, str)
+                            else attributes}

@@ -19,6 +19,7 @@ import tarfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import pytest
 
 from engine.image_io import decode_image
 from server_fixtures import encode_pil
-from server_process import REPO, free_port
+from server_process import REPO, free_port, http_call
 
 IMAGE_ENV = "MASKRCNN_TEST_IMAGE"
 REQUIRE_ENV = "MASKRCNN_REQUIRE_DOCKER"
@@ -85,7 +86,7 @@ class Container:
     """One `docker run -d IMAGE serve` with its port published on a free loopback port."""
 
     def __init__(self, image: str, model_dir: Path | None = None, env: dict[str, str] | None = None,
-                 port: int = 8080):
+                 port: int = 8080, mounts: dict[str, Path] | None = None):
         self.name = f"maskrcnn-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         args = ["run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:{port}"]
@@ -93,6 +94,8 @@ class Container:
             args += ["-e", f"{key}={value}"]
         if model_dir is not None:  # SageMaker mounts the unpacked model.tar.gz read-only
             args += ["-v", f"{model_dir}:/opt/ml/model:ro"]
+        for target, source in (mounts or {}).items():  # container path -> host path, read-only
+            args += ["-v", f"{source}:{target}:ro"]
         self.started = time.monotonic()
         docker(*args, image, "serve")
         self.url = f"http://127.0.0.1:{self.port}"
@@ -133,11 +136,12 @@ class Container:
 
 @pytest.fixture
 def run_container(image):
-    """run_container(model_dir=None, env=None, port=8080): a started container, removed after."""
+    """run_container(model_dir=None, env=None, port=8080, mounts=None): a started container,
+    removed after."""
     started = []
 
-    def run(model_dir=None, env=None, port=8080) -> Container:
-        container = Container(image, model_dir, env, port)
+    def run(model_dir=None, env=None, port=8080, mounts=None) -> Container:
+        container = Container(image, model_dir, env, port, mounts)
         started.append(container)
         return container
 
@@ -210,6 +214,7 @@ def test_image_holds_no_torch_and_runs_as_a_non_root_user(image):
     config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", image).stdout)
     assert config["Entrypoint"] == ["serve"]  # exec form: the server itself gets SIGTERM
     assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
     probe = docker("run", "--rm", "--entrypoint", "python3", image, "-c",
                    "import importlib.util as u, os; print(os.getuid(), u.find_spec('torch') is None, "
                    "u.find_spec('torchvision') is None)").stdout.split()
@@ -324,6 +329,80 @@ def test_docker_stop_finishes_requests_in_flight_and_exits_0(run_container, moun
     assert stop["result"].returncode == 0 and not state["Running"]
     assert state["ExitCode"] == 0 and not state["OOMKilled"], container.logs()  # 137 would be SIGKILL
     assert stop["seconds"] < SAGEMAKER_STOP_WINDOW_S
+
+
+# --- Multi-model endpoints ---------------------------------------------------------------------
+
+# SageMaker unpacks each target model under /opt/ml/models/<model_name>/model, model_name
+# being its own opaque identifier, and tells the container with POST /models.
+MULTI_MODEL_ROOT = "/opt/ml/models"
+OPAQUE_NAMES = {"r50": "5d0f3a7c1b2e", "demo": "9e4c2b8a7f61"}
+
+
+def load_model(container, key: str):
+    name = OPAQUE_NAMES[key]
+    return http_call(container.url + "/models", body=json.dumps(
+        {"model_name": name, "url": f"{MULTI_MODEL_ROOT}/{name}/model"}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def multi_model_mounts(mounted_models) -> dict[str, Path]:
+    return {f"{MULTI_MODEL_ROOT}/{OPAQUE_NAMES[key]}/model": path for key, path in mounted_models.items()}
+
+
+def test_multi_model_endpoint_loads_lists_invokes_both_and_unloads(run_container, mounted_models,
+                                                                   multi_model_mounts, photo_jpeg):
+    """The container started as SageMaker starts a multi-model one: two different models
+    loaded, listed, invoked at once (each answering as the engine does here), boto3's
+    TargetModel, then unloaded: 404 after."""
+    from engine import Engine
+
+    container = run_container(env={"SAGEMAKER_MULTI_MODEL": "true"}, mounts=multi_model_mounts)
+    container.wait_ready()  # healthy with no model loaded
+    assert json.loads(container.get("/ping")[1]) == {"status": "ok", "multi_model": True, "models": 0}
+    for key in ("r50", "demo"):
+        reply = load_model(container, key)
+        assert reply.status_code == 200, reply.content
+    assert load_model(container, "demo").status_code == 409
+    status, body = container.get("/models")
+    assert status == 200 and sorted(m["modelName"] for m in json.loads(body)["models"]) == sorted(OPAQUE_NAMES.values())
+
+    expected = {}
+    for key in ("r50", "demo"):
+        det = Engine.load(mounted_models[key]).predict(decode_image(photo_jpeg))
+        expected[key] = [f"{n} {round(float(s) * 100)}%" for n, s in zip(det.labels, det.scores)]
+
+    def invoke(key: str):  # as SageMaker does: the opaque name in the path, TargetModel in the header
+        return http_call(f"{container.url}/models/{OPAQUE_NAMES[key]}/invoke", body=photo_jpeg,
+                         headers={"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Target-Model": f"{key}.tar.gz"})
+
+    with ThreadPoolExecutor(4) as pool:
+        keys = ["r50", "demo"] * 2
+        replies = list(pool.map(invoke, keys))
+    for key, reply in zip(keys, replies):
+        assert reply.status_code == 200, reply.content
+        assert reply.json()["labels"] == expected[key], key
+    answer = runtime_client(container.url).invoke_endpoint(
+        EndpointName=ENDPOINT, TargetModel=OPAQUE_NAMES["demo"], ContentType="image/jpeg",
+        Accept="image/png", Body=bytearray(photo_jpeg))
+    assert answer["ContentType"] == "image/png" and decode_image(answer["Body"].read()).shape == (512, 512, 3)
+
+    assert http_call(f"{container.url}/models/{OPAQUE_NAMES['r50']}", method="DELETE").status_code == 200
+    assert invoke("r50").status_code == 404
+    assert container.get(f"/models/{OPAQUE_NAMES['r50']}")[0] == 404
+    assert invoke("demo").status_code == 200
+
+
+def test_multi_model_507_under_a_small_memory_budget(run_container, multi_model_mounts):
+    container = run_container(env={"SAGEMAKER_MULTI_MODEL": "true", "MASKRCNN_MEMORY_BUDGET_MB": "200"},
+                              mounts=multi_model_mounts)
+    container.wait_ready()
+    assert load_model(container, "demo").status_code == 200  # the first model always loads
+    refused = load_model(container, "r50")
+    assert refused.status_code == 507 and "memory budget" in refused.json()["error"]
+    status, body = container.get("/metrics")
+    assert status == 200 and b'maskrcnn_refusals_total{reason="insufficient_memory"} 1.0' in body
 
 
 # --- The SageMaker Python SDK v2's local mode -------------------------------------------------

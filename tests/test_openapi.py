@@ -15,6 +15,14 @@ names. What keeps the document true:
 * a few hand-made requests reach what fuzzing does not (each response type, 406, 413, 415,
   bytes that are no image), validated the same way, and deliberately wrong documents show
   that each check does fail.
+
+A multi-model server (SAGEMAKER_MULTI_MODEL=true) serves server/openapi.json with
+server/openapi_multi_model.json merged in (server.openapi.with_multi_model). The same holds of
+that document: valid, the multi-model app's routes and methods, its limits the server's, and
+`schemathesis run --checks all` against a real multi-model `serve` with the demo model loaded
+under the name the document's examples use (the hooks make a schema-valid load request load a
+real model directory, as they make a schema-valid image a real image); hand-made requests reach
+the statuses fuzzing does not (409, 507, pagination, unloading).
 """
 
 from __future__ import annotations
@@ -38,18 +46,22 @@ from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
                                  response_schema_conformance, status_code_conformance)
 
-from schemathesis_hooks import json_header_conformance
-from server import EngineSlot, create_app
+from schemathesis_hooks import MODEL_DIR_ENV, json_header_conformance
+from server import EngineSlot, ServerConfig, create_app
+from server.app import MAX_LOAD_REQUEST_BYTES
 from server.config import MAX_CUSTOM_ATTRIBUTES_CHARS, MAX_DETECTIONS_LIMIT
 from server.errors import BadRequest
+from server.models import DEFAULT_PAGE_SIZE, MAX_MODEL_NAME_CHARS, MAX_PAGE_SIZE, TARGET_MODEL_HEADER, check_model_name
 from server.negotiation import (ATTRIBUTE_TYPES, CUSTOM_ATTRIBUTES_HEADER, INCLUDABLE, MASK_FORMATS,
                                 RESPONSE_TYPE_NAMES, parse_custom_attributes, selectable_classes)
-from server.openapi import OPENAPI_PATH, OpenApiDocuments, for_model
-from server_process import REPO, http_call, running_server
+from server.openapi import MULTI_MODEL_OPENAPI_PATH, OPENAPI_PATH, OpenApiDocuments, for_model, with_multi_model
+from server_process import REPO, ServerProcess, http_call, running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 DOC = json.loads(OPENAPI_PATH.read_text())
+FRAGMENT = json.loads(MULTI_MODEL_OPENAPI_PATH.read_text())
+MULTI_MODEL_DOC = with_multi_model(DOC, FRAGMENT)
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance, json_header_conformance]
@@ -64,16 +76,21 @@ HOOKS = REPO / "tests" / "schemathesis_hooks.py"
 # ---- the document itself -------------------------------------------------------------------------
 
 
-def test_document_is_valid_openapi_3_1():
-    assert DOC["openapi"].startswith("3.1.")
-    validate_openapi(DOC)  # raises, with the JSON path, on any violation of the 3.1 schema
+@pytest.mark.parametrize("doc", [DOC, MULTI_MODEL_DOC], ids=["single-model", "multi-model"])
+def test_document_is_valid_openapi_3_1(doc):
+    assert doc["openapi"].startswith("3.1.")
+    validate_openapi(doc)  # raises, with the JSON path, on any violation of the 3.1 schema
 
 
-def test_document_describes_every_route_and_method():
-    app = create_app(EngineSlot())
+@pytest.mark.parametrize("app_args, doc", [
+    ((EngineSlot(),), DOC),
+    ((None, ServerConfig(multi_model=True)), MULTI_MODEL_DOC),
+], ids=["single-model", "multi-model"])
+def test_document_describes_every_route_and_method(app_args, doc):
+    app = create_app(*app_args)
     routes = {(r.path, m.method.lower()) for r in falcon.inspect.inspect_routes(app)
               for m in r.methods if not m.internal}
-    documented = {(path, method) for path, item in DOC["paths"].items() for method in item}
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert documented == routes
 
 
@@ -113,6 +130,61 @@ def test_the_served_document_is_the_models_once_loaded_and_built_once():
     assert documents.for_engine(None) == OPENAPI_PATH.read_bytes()
     assert documents.for_engine(engine) is documents.for_engine(engine)  # serialised once
     assert json.loads(documents.for_engine(other)) == for_model(DOC, names[:2])
+
+
+def test_a_multi_model_server_serves_the_merged_document_whatever_is_loaded():
+    """The document names no model's classes: the same bytes with none loaded and for any engine."""
+    client = falcon.testing.TestClient(create_app(None, ServerConfig(multi_model=True)))
+    served = client.simulate_get("/openapi.json")
+    assert served.status_code == 200 and served.headers["content-type"] == "application/json"
+    assert served.json == MULTI_MODEL_DOC
+    documents = OpenApiDocuments(multi_model=True)
+    assert json.loads(documents.for_engine(None)) == MULTI_MODEL_DOC
+    assert documents.for_engine(SimpleNamespace(class_names=["__background__", "cat"])) is documents.for_engine(None)
+
+
+def test_the_fragment_changes_what_a_multi_model_server_changes_and_nothing_else():
+    """Its paths replace the three that differ and add the /models routes; its components are
+    new names only, so no definition the single-model routes use is changed under them."""
+    replaced = {"/ping", "/invocations", "/endpoints/{endpoint_name}/invocations"}
+    assert set(FRAGMENT["paths"]) == replaced | {"/models", "/models/{model_name}", "/models/{model_name}/invoke"}
+    for section, entries in FRAGMENT["components"].items():
+        assert not set(entries) & set(DOC["components"].get(section, {})), section
+    for path, item in DOC["paths"].items():
+        assert MULTI_MODEL_DOC["paths"][path] == (FRAGMENT["paths"][path] if path in replaced else item)
+    assert list(MULTI_MODEL_DOC["paths"])[:len(DOC["paths"])] == list(DOC["paths"])  # the base's order kept
+    assert json.loads(OPENAPI_PATH.read_text()) == DOC  # the base document itself is untouched
+    assert MULTI_MODEL_DOC["info"]["description"].startswith(DOC["info"]["description"] + "\n\n")
+    assert [t["name"] for t in MULTI_MODEL_DOC["tags"]] == [t["name"] for t in DOC["tags"]] + ["models"]
+
+
+def test_the_multi_model_documents_limits_are_the_servers():
+    schemas, parameters = MULTI_MODEL_DOC["components"]["schemas"], MULTI_MODEL_DOC["components"]["parameters"]
+    model_name = schemas["ModelLoad"]["properties"]["model_name"]
+    assert model_name["maxLength"] == MAX_MODEL_NAME_CHARS
+    listing = {p["name"]: p["schema"] for p in MULTI_MODEL_DOC["paths"]["/models"]["get"]["parameters"]}
+    assert (listing["limit"]["minimum"], listing["limit"]["maximum"], listing["limit"]["default"]) == \
+        (1, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)
+    assert schemas["ModelList"]["properties"]["models"]["maxItems"] == MAX_PAGE_SIZE
+    assert parameters["TargetModel"]["name"] == TARGET_MODEL_HEADER
+    assert f"{MAX_LOAD_REQUEST_BYTES // 1024} KiB ({MAX_LOAD_REQUEST_BYTES} bytes)" in \
+        MULTI_MODEL_DOC["paths"]["/models"]["post"]["responses"]["413"]["description"]
+    # every name the schema accepts is one the server accepts (it accepts more: any printable
+    # character, which the schema's pattern cannot name in both regex dialects)
+    for name in ["a", " ", "my-model", "a.b_c~d", "x" * MAX_MODEL_NAME_CHARS, "x" * (MAX_MODEL_NAME_CHARS + 1), "",
+                 "a/b", "/", "tab\t", "nl\n", "\x7f", "é", "\u200b", "zero\x00"]:
+        if _accepts(model_name, name):
+            assert check_model_name(name) == name
+        else:
+            assert name == "é" or not _name_accepted(name), repr(name)
+
+
+def _name_accepted(name) -> bool:
+    try:
+        check_model_name(name)
+        return True
+    except BadRequest:
+        return False
 
 
 def test_custom_attributes_schema_says_what_the_parser_enforces():
@@ -255,6 +327,176 @@ def test_schemathesis_run_with_every_check_finds_nothing(request, server_fixture
                          capture_output=True, text=True, timeout=600)
     report = out.stdout + out.stderr
     assert out.returncode == 0 and "No issues found" in report, report
+
+
+# ---- multi-model: `schemathesis run` against a real multi-model server, hand-made requests -------------
+
+# The run's budget: each schema-valid POST /models loads the demo model again (about 100 MB each;
+# the hooks make its `url` the demo model's directory), so that a model load is tested like any
+# other request; past the budget a load is a 507, as it should be. The default run loads a dozen.
+MULTI_MODEL_BUDGET_MB = 3000
+MULTI_MODEL_MAX_EXAMPLES = int(os.environ.get("OPENAPI_FUZZ_EXAMPLES", "10"))
+# what `--checks all` must allow that it counts as failures by default: a 507 from POST /models
+# is SageMaker's contract (it unloads a model and retries), not a server error
+MULTI_MODEL_CONFIG = """\
+[[operations]]
+include-path = "/models"
+include-method = "POST"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "507"]
+"""
+EXAMPLE_MODEL = MULTI_MODEL_DOC["components"]["parameters"]["ModelName"]["example"]
+multi_model_schema = schemathesis.openapi.from_dict(MULTI_MODEL_DOC)
+
+
+def multi_model_serve_env(budget_mb: int) -> dict[str, str]:
+    return {"SAGEMAKER_MULTI_MODEL": "true", "MASKRCNN_MEMORY_BUDGET_MB": str(budget_mb)}
+
+
+@pytest.fixture(scope="module")
+def multi_model_server(tmp_path_factory):
+    """`serve` with SAGEMAKER_MULTI_MODEL=true and no model loaded, started in an empty directory
+    (a relative `url` a request names resolves to nothing there)."""
+    yield from running_server(None, tmp_path_factory.mktemp("serve-multi-model"),
+                              cwd=tmp_path_factory.mktemp("serve-multi-model-cwd"),
+                              extra_env=multi_model_serve_env(MULTI_MODEL_BUDGET_MB))
+
+
+def call_multi_model(server, path: str, method: str, checks=CHECKS, **case_kw):
+    """A hand-made request, validated against the multi-model document with `checks`."""
+    case = multi_model_schema[path][method].Case(**case_kw)
+    return case.call_and_validate(base_url=server.url, checks=checks, timeout=120)
+
+
+def load_model(server, name: str, url, status: int = 200):
+    # a 507 is what the contract asks for, which not_a_server_error would count as a failure
+    checks = [check for check in CHECKS if check is not not_a_server_error] if status == 507 else CHECKS
+    resp = call_multi_model(server, "/models", "POST", checks=checks, body={"model_name": name, "url": str(url)},
+                            media_type="application/json")
+    assert resp.status_code == status, resp.text
+    return resp
+
+
+def ensure_loaded(server, name: str, model_dir) -> None:
+    """Load `model_dir` as `name` unless a model of that name is loaded already (409)."""
+    resp = call_multi_model(server, "/models", "POST", body={"model_name": name, "url": str(model_dir)},
+                            media_type="application/json")
+    assert resp.status_code in (200, 409), resp.text
+
+
+def metric(exposition: str, series: str) -> float:
+    """One sample of a /metrics exposition, by its name and labels as written; 0 if absent."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_schemathesis_run_on_a_multi_model_server_finds_nothing(multi_model_server, demo_model_dir, tmp_path):
+    """The CLI on the multi-model document, the demo model loaded under the name its examples
+    use: every generated request answered as the document says, model loads and unloads
+    included (its stateful phase follows the links it infers: load, describe, invoke, unload)."""
+    server = multi_model_server
+    ensure_loaded(server, EXAMPLE_MODEL, demo_model_dir)
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(MULTI_MODEL_DOC))
+    (tmp_path / "schemathesis.toml").write_text(MULTI_MODEL_CONFIG)  # found in the working directory
+    command = [sys.executable, "-m", "schemathesis.cli", "run", str(document), "--url", server.url,
+               "--checks", "all", "--max-examples", str(MULTI_MODEL_MAX_EXAMPLES), "--seed", SEED,
+               "--generation-database", "none", "--no-color"]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), MODEL_DIR_ENV: str(demo_model_dir)}
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    report = out.stdout + out.stderr
+    assert out.returncode == 0 and "No issues found" in report, report
+    # the run reached what matters, as the server counted it: models loaded by the fuzzer (more
+    # than the one loaded above) and invocations answered through each route
+    exposition = http_get(server.url + "/metrics").decode()
+    assert metric(exposition, 'maskrcnn_model_loads_total{outcome="loaded"}') > 1, exposition
+    for route in ("/invocations", "/endpoints/{endpoint_name}/invocations", "/models/{model_name}/invoke"):
+        answered = sum(metric(exposition, f'maskrcnn_requests_total{{response_type="{answer_type}",route="{route}",'
+                                          f'status="200"}}')
+                       for answer_type in ("application/json", "image/jpeg", "image/png"))
+        assert answered > 0, (route, exposition)
+
+
+IMAGE = {"body": lambda: _png(40, 56), "media_type": "image/png"}
+INVOCATION_ROUTES = [("/invocations", None), ("/endpoints/{endpoint_name}/invocations", {"endpoint_name": "ep"})]
+
+
+@pytest.mark.parametrize("target, status", [(EXAMPLE_MODEL, 200), (EXAMPLE_MODEL + ".tar.gz", 200),
+                                            (None, 400), ("not-loaded", 404)])
+def test_multi_model_invocations_keep_the_document(multi_model_server, demo_model_dir, target, status):
+    """The target-model header on both invocation routes, and the model's own route."""
+    ensure_loaded(multi_model_server, EXAMPLE_MODEL, demo_model_dir)
+    headers = {} if target is None else {TARGET_MODEL_HEADER: target}
+    for path, params in INVOCATION_ROUTES:
+        for accept in ("application/json", "image/png"):
+            resp = call_multi_model(multi_model_server, path, "POST", body=IMAGE["body"](),
+                                    media_type=IMAGE["media_type"], path_parameters=params,
+                                    headers={**headers, "Accept": accept})
+            assert resp.status_code == status, resp.text
+            assert resp.headers["content-type"] == [accept if status == 200 else "application/json"]
+    if target is not None and not target.endswith(".tar.gz"):  # the path takes the name exactly
+        resp = call_multi_model(multi_model_server, "/models/{model_name}/invoke", "POST", body=IMAGE["body"](),
+                                media_type=IMAGE["media_type"], path_parameters={"model_name": target})
+        assert resp.status_code == status, resp.text
+
+
+def test_multi_model_ping_and_metrics_keep_the_document(multi_model_server, demo_server):
+    resp = call_multi_model(multi_model_server, "/ping", "GET")
+    assert resp.status_code == 200 and resp.json()["multi_model"] is True
+    for server, schema_ in [(multi_model_server, multi_model_schema), (demo_server, schema)]:
+        resp = schema_["/metrics"]["GET"].Case().call_and_validate(base_url=server.url, checks=CHECKS, timeout=60)
+        assert resp.status_code == 200 and b"maskrcnn_requests_total" in resp.content
+
+
+def test_loading_listing_and_unloading_keep_the_document(multi_model_server, demo_model_dir, tmp_path):
+    """What a fuzzer reaches rarely or never: 409, a directory that is no model, following the
+    pages of the list to its end, unloading, and the 404s after it."""
+    server = multi_model_server
+    ensure_loaded(server, EXAMPLE_MODEL, demo_model_dir)
+    load_model(server, EXAMPLE_MODEL, demo_model_dir, status=409)
+    load_model(server, "no-model", tmp_path, status=400)  # a directory, without model.json
+    load_model(server, "no-directory", tmp_path / "missing", status=400)
+    described = load_model(server, "hand-made", demo_model_dir).json()
+    assert described["modelName"] == described["model"] == "hand-made" and described["demo"] is True
+
+    names, token, pages = [], None, 0
+    while True:
+        query = {"limit": 1} if token is None else {"limit": 1, "next_page_token": token}
+        page = call_multi_model(server, "/models", "GET", query=query)
+        assert page.status_code == 200, page.text
+        names += [m["modelName"] for m in page.json()["models"]]
+        pages += 1
+        token = page.json().get("nextPageToken")
+        if token is None:
+            break
+    assert pages == len(names) and names == sorted(names) and {EXAMPLE_MODEL, "hand-made"} <= set(names)
+    for query in ({"limit": 0}, {"limit": MAX_PAGE_SIZE + 1}, {"next_page_token": "a"}):
+        assert call_multi_model(server, "/models", "GET", query=query).status_code == 400
+
+    described = call_multi_model(server, "/models/{model_name}", "GET", path_parameters={"model_name": "hand-made"})
+    assert described.status_code == 200 and described.json()["modelUrl"] == str(demo_model_dir)
+    unloaded = call_multi_model(server, "/models/{model_name}", "DELETE", path_parameters={"model_name": "hand-made"})
+    assert unloaded.status_code == 200 and unloaded.json()["modelName"] == "hand-made"
+    for path, method in [("/models/{model_name}", "GET"), ("/models/{model_name}", "DELETE")]:
+        resp = call_multi_model(server, path, method, path_parameters={"model_name": "hand-made"})
+        assert resp.status_code == 404
+    resp = call_multi_model(server, "/models/{model_name}/invoke", "POST", body=IMAGE["body"](),
+                            media_type=IMAGE["media_type"], path_parameters={"model_name": "hand-made"})
+    assert resp.status_code == 404
+
+
+def test_a_load_past_the_memory_budget_is_a_507_as_documented(demo_model_dir, tmp_path):
+    """With a budget of 1 MB the first model loads (a server with none loaded always tries) and
+    the second does not fit."""
+    server = ServerProcess(None, tmp_path / "server.log", cwd=tmp_path, extra_env=multi_model_serve_env(1))
+    try:
+        server.wait_ready()
+        load_model(server, "first", demo_model_dir)
+        resp = load_model(server, "second", demo_model_dir, status=507)
+        assert "memory budget" in resp.json()["error"]
+    finally:
+        server.kill()
 
 
 # ---- hand-made requests, and the checks failing on a wrong document -----------------------------------
