@@ -1,9 +1,10 @@
-"""A real-time or serverless endpoint: its Model, its EndpointConfig and the Endpoint
-itself; creating or updating one, waiting for it, and deleting it all.
+"""A real-time, asynchronous or serverless endpoint: its EndpointConfig and the Endpoint
+itself; creating or updating one, waiting for it, and deleting it all (the Model it runs
+is deploy.models').
 
-Every deployment creates a new Model and EndpointConfig, named with a timestamp, and
-points the endpoint at them: an update never collides with the names in service, and
-the previous config stays available to roll back to.
+Every deployment creates a new EndpointConfig, named with a timestamp, and points the
+endpoint at it: an update never collides with the config in service, and the previous
+config stays available to roll back to.
 """
 
 from __future__ import annotations
@@ -23,21 +24,21 @@ POLL_S = 15.0
 @dataclass(frozen=True)
 class EndpointSpec:
     """What to deploy. Either `instance_type` (with `instance_count`, optional
-    `startup_timeout_s` and `scaling`) or `serverless_memory_mb` (with
-    `serverless_max_concurrency`)."""
+    `startup_timeout_s`, `scaling` and `async_config`) or `serverless_memory_mb` (with
+    `serverless_max_concurrency`). `detailed_metrics` None leaves MetricsConfig to the
+    service's default."""
 
     endpoint_name: str
-    model_name: str  # exact names, e.g. names.unique_name(base, stamp)
-    config_name: str
-    image_uri: str
-    role_arn: str
-    model_data_url: str
+    model_name: str  # an existing Model (deploy.models.ensure)
+    config_name: str  # exact, e.g. names.unique_name(base, stamp)
     instance_type: str | None = None
     instance_count: int = 1
     startup_timeout_s: int | None = None
     serverless_memory_mb: int | None = None
     serverless_max_concurrency: int | None = None
     scaling: autoscaling.Scaling | None = None
+    async_config: dict | None = None  # asynchronous.inference_config(...)
+    detailed_metrics: bool | None = None
 
 
 def production_variant(spec: EndpointSpec) -> dict:
@@ -53,26 +54,35 @@ def production_variant(spec: EndpointSpec) -> dict:
     return variant
 
 
+def config_request(spec: EndpointSpec) -> dict:
+    """create_endpoint_config's arguments."""
+    request = {"EndpointConfigName": spec.config_name, "ProductionVariants": [production_variant(spec)]}
+    if spec.async_config is not None:
+        request["AsyncInferenceConfig"] = spec.async_config
+    if spec.detailed_metrics is not None:
+        # MetricsConfig.EnableDetailedObservability: SageMaker scrapes the container's
+        # GET /metrics (Prometheus) and publishes it to CloudWatch
+        request["MetricsConfig"] = {"EnableDetailedObservability": spec.detailed_metrics}
+    return request
+
+
 def endpoint_exists(sm, endpoint_name: str) -> bool:
     pages = sm.get_paginator("list_endpoints").paginate(NameContains=endpoint_name)
     return any(e["EndpointName"] == endpoint_name for page in pages for e in page["Endpoints"])
 
 
-def deploy(sm, aas, spec: EndpointSpec, echo: Callable[[str], None], wait: bool = True) -> dict:
-    """Create the Model and EndpointConfig, then create the endpoint or update it to the new
-    config; wait for InService (unless `wait` is False) and apply `spec.scaling`.
+def deploy(sm, aas, cloudwatch, spec: EndpointSpec, echo: Callable[[str], None], wait: bool = True) -> dict:
+    """Create the EndpointConfig, then create the endpoint or update it to the new config;
+    wait for InService (unless `wait` is False) and apply `spec.scaling`.
 
     An existing endpoint's autoscaling is removed before the update (Application Auto
     Scaling refuses updates that change a scaled variant's instance type) and registered
     again afterwards when `spec.scaling` says so. Returns describe_endpoint's answer.
     """
-    sm.create_model(ModelName=spec.model_name, ExecutionRoleArn=spec.role_arn,
-                    PrimaryContainer={"Image": spec.image_uri, "ModelDataUrl": spec.model_data_url})
-    echo(f"created model {spec.model_name}")
-    sm.create_endpoint_config(EndpointConfigName=spec.config_name, ProductionVariants=[production_variant(spec)])
+    sm.create_endpoint_config(**config_request(spec))
     echo(f"created endpoint config {spec.config_name}")
     if endpoint_exists(sm, spec.endpoint_name):
-        for removed in autoscaling.disable(aas, spec.endpoint_name, VARIANT):
+        for removed in autoscaling.disable(aas, cloudwatch, spec.endpoint_name, VARIANT):
             echo(f"removed {removed} before the update")
         sm.update_endpoint(EndpointName=spec.endpoint_name, EndpointConfigName=spec.config_name)
         echo(f"updating endpoint {spec.endpoint_name} to {spec.config_name}")
@@ -86,9 +96,8 @@ def deploy(sm, aas, spec: EndpointSpec, echo: Callable[[str], None], wait: bool 
         raise DeployError(f"endpoint {spec.endpoint_name} stayed on {description['EndpointConfigName']}: "
                           f"{description.get('FailureReason') or 'the update did not take'}")
     if spec.scaling is not None:
-        autoscaling.enable(aas, spec.endpoint_name, VARIANT, spec.scaling)
-        echo(f"autoscaling {spec.scaling.min_instances}..{spec.scaling.max_instances} instances, "
-             f"target {spec.scaling.target_invocations:g} invocations per instance per minute")
+        autoscaling.enable(aas, cloudwatch, spec.endpoint_name, VARIANT, spec.scaling)
+        echo(spec.scaling.describe(spec.endpoint_name))
     return description
 
 
@@ -100,14 +109,14 @@ def wait_in_service(sm, endpoint_name: str, echo: Callable[[str], None], deadlin
                            deadline_s=deadline_s, interval_s=POLL_S, echo=echo)
 
 
-def delete(sm, aas, endpoint_name: str, echo: Callable[[str], None], keep_model: bool = False) -> None:
+def delete(sm, aas, cloudwatch, endpoint_name: str, echo: Callable[[str], None], keep_model: bool = False) -> None:
     """Delete the endpoint's autoscaling, the endpoint, its config and (unless keep_model)
     the config's models. The model data in S3 is left where it is."""
     config_name = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
     config = sm.describe_endpoint_config(EndpointConfigName=config_name)
     variants = config["ProductionVariants"] + config.get("ShadowProductionVariants", [])
     for variant in variants:
-        for removed in autoscaling.disable(aas, endpoint_name, variant["VariantName"]):
+        for removed in autoscaling.disable(aas, cloudwatch, endpoint_name, variant["VariantName"]):
             echo(f"deleted {removed}")
     sm.delete_endpoint(EndpointName=endpoint_name)
     echo(f"deleted endpoint {endpoint_name}")

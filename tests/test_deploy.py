@@ -5,9 +5,16 @@ UpdateEndpoint moto lacks) on a free loopback port; the CLI runs as a real subpr
 (`python -m deploy`) with boto3 pointed at moto by AWS_ENDPOINT_URL and dummy credentials,
 and every resource it makes is read back with describe_* through boto3. `invoke` talks to
 the real `serve` process (the demo model) through AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME.
+tests/test_deploy_names.py, test_deploy_multi_model.py and test_deploy_async.py use the
+fixtures and helpers of this module, each with a moto of its own.
 
-What moto (5.x) lacks, and how the tests get by:
+What moto (5.2) lacks, and how the tests get by:
 - UpdateEndpoint: not implemented (its server answers 500); the launcher adds it.
+- CreateEndpointConfig's MetricsConfig: accepted and dropped (describe_endpoint_config
+  answers no MetricsConfig). The test reads the request the CLI sent from moto's request
+  recorder (`/moto-api/recorder/...`, written to MOTO_RECORDER_FILEPATH) instead.
+- CreateModel: creating a Model whose name exists replaces it, where SageMaker refuses
+  ("Cannot create already existing model"); the tests check that the CLI never asks.
 - sagemaker-runtime InvokeEndpoint: answers a canned body for any endpoint name, and 500s
   on a body that is not UTF-8 (it decodes every request body), so it cannot take a photo
   nor say "no such endpoint"; the real server takes the photos, and a stub that answers as
@@ -17,10 +24,11 @@ What moto (5.x) lacks, and how the tests get by:
 - Endpoints are InService at once (no Creating/Updating/Failed): the waiting loop is
   tested on its own, with a fake describe and clock.
 """
-
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import http.client
 import json
 import os
@@ -33,6 +41,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -70,9 +79,11 @@ class MotoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "wb")
         self.log_path = log_path
+        # where moto's request recorder writes, once a test starts it (see `recorded`)
+        env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(log_path.with_name("recording.jsonl"))}
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "moto_with_update_endpoint.py"), "-H", "127.0.0.1",
-             "-p", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT)
+             "-p", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, deadline_s: float = 30.0) -> None:
         deadline = time.monotonic() + deadline_s
@@ -88,6 +99,44 @@ class MotoServer:
             except OSError:
                 time.sleep(0.05)  # a polling interval, bounded by the deadline
         pytest.fail(f"moto did not answer within {deadline_s} s:\n{self.log_path.read_text()}")
+
+    def post(self, path: str, body: bytes = b"") -> bytes:
+        """POST to moto's own API (`/moto-api/...`); its answer's body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            assert answer.status < 300, (path, answer.status)
+            return answer.read()
+        finally:
+            conn.close()
+
+    def recorded(self, run) -> list[dict]:
+        """The requests moto received while `run()` ran, in order (the recorder's log, reset
+        first): {"method", "path", "target": X-Amz-Target or None, "body": a JSON request's
+        body, else None}."""
+        self.post("/moto-api/recorder/reset-recording")
+        self.post("/moto-api/recorder/start-recording")
+        try:
+            run()
+        finally:
+            self.post("/moto-api/recorder/stop-recording")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", "/moto-api/recorder/download-recording")
+            lines = conn.getresponse().read().decode().splitlines()
+        finally:
+            conn.close()
+        requests = []
+        for line in filter(None, lines):
+            entry = json.loads(line)
+            target, body = entry["headers"].get("X-Amz-Target"), None
+            if target:
+                body = base64.b64decode(entry["body"]) if entry.get("body_encoded") else entry["body"]
+                body = json.loads(body or "{}")
+            requests.append({"method": entry["method"], "path": urlsplit(entry["url"]).path, "target": target,
+                             "body": body})
+        return requests
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -131,7 +180,7 @@ def clients(moto):
     def client(service: str):
         return session.client(service, endpoint_url=moto.url)
 
-    return {name: client(name) for name in ("sagemaker", "s3", "iam", "application-autoscaling")}
+    return {name: client(name) for name in ("sagemaker", "s3", "iam", "application-autoscaling", "cloudwatch")}
 
 
 @pytest.fixture(scope="module")
@@ -283,10 +332,12 @@ def test_deploy_from_a_model_dir_creates_model_config_and_endpoint(aws_env, clie
     assert "endpoint demo-instances: InService" in result.stdout  # a progress line
 
     model_name = out["model"]
-    assert model_name.startswith("demo-")
+    assert model_name == "demo"  # --model-name is the Model's exact name
     key = f"maskrcnn-serve/{model_name}/model.tar.gz"
     head = clients["s3"].head_object(Bucket=bucket, Key=key)
-    assert head["ContentLength"] == len(packaging_bytes(demo_model_dir))
+    package = packaging_bytes(demo_model_dir)
+    assert head["ContentLength"] == len(package)
+    assert head["Metadata"] == {"sha256": hashlib.sha256(package).hexdigest()}  # for a later reuse check
 
     model = sm.describe_model(ModelName=model_name)
     assert model["PrimaryContainer"]["Image"] == IMAGE
@@ -354,6 +405,26 @@ def test_deploy_serverless(aws_env, clients, role_arn, bucket):
     assert out["endpoint"] == "demo-serverless" and out["arn"].endswith(":endpoint/demo-serverless")
 
 
+@pytest.mark.parametrize("flag, sent", [("--detailed-metrics", True), ("--no-detailed-metrics", False), (None, None)])
+def test_deploy_detailed_metrics_sets_the_metrics_config(moto, aws_env, clients, role_arn, bucket, flag, sent):
+    """--detailed-metrics sets MetricsConfig.EnableDetailedObservability; without either flag
+    the request leaves MetricsConfig out (the service's default). moto drops the field, so
+    the request is read from moto's recorder."""
+    name = {True: "demo-metrics-on", False: "demo-metrics-off", None: "demo-metrics-default"}[sent]
+    args = deploy_args(name, role_arn, "--model-data", f"s3://{bucket}/m/model.tar.gz", "--instance-type",
+                       "ml.m5.large", "--no-wait", *([flag] if flag else []))
+    results = []
+    requests = moto.recorded(lambda: results.append(cli(*args, env=aws_env)))
+    config_name = fields(results[0].stdout)["config"]
+    (create,) = [r["body"] for r in requests if r["target"] == "SageMaker.CreateEndpointConfig"]
+    assert create["EndpointConfigName"] == config_name
+    if sent is None:
+        assert "MetricsConfig" not in create
+    else:
+        assert create["MetricsConfig"] == {"EnableDetailedObservability": sent}
+    described = clients["sagemaker"].describe_endpoint_config(EndpointConfigName=config_name)
+    assert described.get("MetricsConfig", create.get("MetricsConfig")) == create.get("MetricsConfig")
+
 @pytest.mark.parametrize("flags, fragment", [
     (["--model-dir", "demo/model", "--instance-type", "ml.m5.large"], "--model-dir needs --bucket"),
     (["--model-dir", "demo/model", "--model-data", "s3://b/k", "--instance-type", "ml.m5.large"], "not allowed with"),
@@ -371,6 +442,15 @@ def test_deploy_serverless(aws_env, clients, role_arn, bucket):
       "--no-wait"], "drop --no-wait"),
     (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--startup-timeout", "30"], "not in 60..3600"),
     (["--model-data", "b/k", "--instance-type", "ml.m5.large"], "not an s3:// URI"),
+    (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--min-instances", "0", "--max-instances", "2"],
+     "--min-instances 0 needs --async-output"),
+    (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--model-name", "my_model"],
+     "'my_model' is not a SageMaker name"),
+    (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--model-name=model-"], "not a SageMaker name"),
+    (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--model-name", "m" * 64],
+     "is 64 characters; SageMaker allows at most 63"),
+    (["--model-data", "s3://b/k", "--instance-type", "ml.m5.large", "--detailed-metrics", "--no-detailed-metrics",
+      "--bucket", "b"], "--bucket and --prefix go with --model-dir, not --model-data"),
 ])
 def test_deploy_refuses_bad_flag_combinations(flags, fragment):
     result = cli(*deploy_args("x", "arn:aws:iam::123456789012:role/r", *flags), env=clean_env(), check=False)
@@ -580,6 +660,38 @@ def test_invoke_the_real_server_json_and_images(serve, photos, tmp_path):
     out = tmp_path / "answer.png"
     cli("invoke", "--endpoint-name", "demo", folder / "astronaut.png", "--accept", "image/png", "--out", out, env=env)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class RuntimeStub:
+    """An HTTP server standing in for SageMaker Runtime where moto cannot: it records each
+    request (path, headers, body) and answers with `answer(path, headers)` -> (status,
+    headers, body)."""
+
+    def __init__(self, answer):
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                stub.requests.append((self.path, dict(self.headers), body))
+                status, headers, reply = answer(self.path, self.headers)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(reply))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class _MissingEndpoint(BaseHTTPRequestHandler):
