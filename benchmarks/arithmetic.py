@@ -60,7 +60,7 @@ class MatmulProbe:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # no spinning: a pool left spinning after one product would steal the cores from the
-        # next thing timed (measured: the INT8 product at 374 instead of ~1600 GFLOP/s)
+        # next thing timed (measured: the INT8 product at a fraction of its rate)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         rng = np.random.default_rng(0)
         self.n = n

@@ -12,8 +12,8 @@ and pooling=graph among them for the heads' own RoiAlign instead of the native o
 GRAPH_POOLING_PLANS): e.g. openvino:bf16:pooling=graph,mask_head=openvino/bf16 runs the
 mask head's RoiAlign in BF16 too. A config this machine cannot run (bf16 without BF16
 instructions) is recorded with the reason. Agreement: of the reference's detections scoring >= 0.5, the fraction the config also
-returns with the same class and box IoU >= 0.9 (issue 15's BF16 criteria: >= 97%, box AP and
-mask AP each within 0.01). Writes benchmarks/results/backend_accuracy.json.
+returns with the same class and box IoU >= 0.9 (the BF16 accuracy criteria: >= 97%, box AP
+and mask AP each within 0.01). Writes benchmarks/results/backend_accuracy.json.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ REFUSAL_CPU_S = 0.5
 # The stack room the server's JSON parsing has: Python's recursion limit (1000, read here
 # before hypothesis raises it to about 2000 around every example, which would hide a
 # RecursionError) less the frames above the parser in a waitress worker thread: calibrated
-# so that, as measured against a real server, 985 nested arrays fail (an HTTP 500) and 980 not.
+# against a real server, on the nesting depth where its parsing starts to fail (an HTTP 500;
+# the depths are in benchmarks/results/FIGURES.md).
 SERVER_RECURSION_LIMIT = sys.getrecursionlimit()
 SERVER_PARSER_DEPTH = 12
 

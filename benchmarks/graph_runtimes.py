@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Each graph of the R50 model on each CPU runtime and precision, and where the box head's
 time goes: the measurement behind engine.backends.openvino_cpu.PLANS (which runtime runs
-which graph) and issue 15 item 5 (box head on 1000 proposals).
+which graph) and behind the native RoIAlign (the box head on 1000 proposals).
 
     python benchmarks/graph_runtimes.py [--runs 5] [--threads 2] [--no-int8]
 

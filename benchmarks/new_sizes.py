@@ -3,13 +3,13 @@
 
     python benchmarks/new_sizes.py [--model-dir DIR] [--backends openvino onnxruntime-cpu] [--repeats 2]
 
-OpenVINO compiles dynamic shapes lazily (torchvision's whole graph took 4.7 s on its first
+OpenVINO compiles dynamic shapes lazily (torchvision's whole graph took seconds on its first
 call), so a new network input size could cost a request far more than its steady latency.
 For each backend: load the model (R50-FPN v1, seeded random weights, by default), warm up as
 the server does (Engine.warmup), then for each of several photo sizes whose resized, padded
 network inputs all differ: one `predict` (the first at that input shape), then `--repeats`
-more. The ratio is first / median of the repeats; the target (issue 15) is at most 1.5 for
-every size after warm-up. Writes benchmarks/results/new_sizes.json.
+more. The ratio is first / median of the repeats; the target for new sizes is at most 1.5
+for every size after warm-up. Writes benchmarks/results/new_sizes.json.
 """
 
 from __future__ import annotations

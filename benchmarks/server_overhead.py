@@ -17,9 +17,10 @@ ways in, each with two engines:
   at once, so hundreds of repeats give a stable median on a noisy machine. It misses one
   real effect: after a real inference, the cores and caches are still busy for a moment.
 
-Issue 3's budget: median overhead at most 10 ms for JSON and 40 ms for JPEG. The standalone
-cost of each step and the machine's load average are recorded too. Results are printed as a
-table and written to benchmarks/results/server_overhead.json with the machine description.
+The server overhead budget: median overhead at most 10 ms for JSON and 40 ms for JPEG. The
+standalone cost of each step and the machine's load average are recorded too. Results are
+printed as a table and written to benchmarks/results/server_overhead.json with the machine
+description.
 """
 
 from __future__ import annotations

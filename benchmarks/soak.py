@@ -9,7 +9,7 @@ of them with RLE masks), JPEG and PNG answers for a 640x480 photo, and bad reque
 unsupported content type, a body that is not an image, bad custom attributes, an Accept
 nothing matches), each with the status it must get. A pinger calls /ping every 250 ms; the
 server's RSS is sampled every 10 s. After the warm-up (the first fifth of the run, at most
-5 minutes), memory growth is the last sample against the first. Targets (issue 14): growth
+5 minutes), memory growth is the last sample against the first. The soak targets: growth
 < 5%, /ping p99 < 100 ms, no unexpected status. Writes benchmarks/results/soak.json.
 """
 

@@ -1,6 +1,6 @@
 """COCO evaluation (pycocotools' COCOeval, bbox and segm) of the demo model on held-out scenes.
 
-    # through the serving engine (ONNX Runtime + numpy): the figures the README quotes
+    # through the serving engine (ONNX Runtime + numpy): the figures demo/RESULTS.md quotes
     python demo/evaluate.py --model-dir demo/model --scenes 300
     # a torch checkpoint in eager mode, for quick checks during training
     python demo/evaluate.py --checkpoint /tmp/shapes_maskrcnn/model.pt --scenes 100

@@ -43,7 +43,7 @@ def export_shapes_model(checkpoint: str | Path, output_dir: str | Path, *, quiet
     if summary_path.exists():
         weights_info["training"] = json.loads(summary_path.read_text())
     # "aligned" paste: float boxes in the frame torchvision trains masks in (engine.masks);
-    # mask AP 0.944 instead of 0.872 with torchvision's integer paste (demo/RESULTS.md)
+    # a higher mask AP than torchvision's integer paste (demo/RESULTS.md)
     return export(model, output_dir, CLASS_NAMES, name=MODEL_NAME, arch=ARCH,
                   weights_info=weights_info, overwrite=True, quiet=quiet, mask_paste=mask_paste)
 

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 # Must precede the first import of torch (libgomp reads it at load time). On a shared
-# 2-core machine, OpenMP's default spin-waiting made each step 4-6x slower (4.1 s against
-# 0.7 s per step measured here next to another busy process); passive waiting costs little
-# when the machine is idle.
+# machine, OpenMP's default spin-waiting made each step several times slower next to another
+# busy process (benchmarks/results/FIGURES.md); passive waiting costs little when the
+# machine is idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402

@@ -38,7 +38,8 @@ _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 _EXIF_ORIENTATION_TAG = 0x0112
 # decode_image refuses a header declaring more pixels than this before OpenCV allocates any:
 # libjpeg pads missing scan data with grey, so a 631-byte JPEG declaring 30000x30000 would
-# otherwise decode to 2.7 GB (5.3 GB peak, 18 s). The largest camera sensors are 200 MP.
+# otherwise decode to 2.7 GB of pixels (more at its peak, and seconds of CPU; figures in
+# benchmarks/results/FIGURES.md). The largest camera sensors are 200 MP.
 # The server refuses far smaller images first (MASKRCNN_MAX_MEGAPIXELS, 40 by default).
 MAX_DECODE_MEGAPIXELS = 200.0
 
@@ -239,7 +240,7 @@ def _check_png_chunk_lengths(data: bytes) -> None:
 
     OpenCV 5's PNG reader (PngDecoder::read_chunk) allocates and zero-fills a chunk's declared
     length, up to 4 GiB, before it finds the data short: a 1.7 KB PNG with a small IHDR (so
-    it passes the megapixel limit) cost 4 GB and 5 s. Walking the chunk headers costs
+    it passes the megapixel limit) cost gigabytes and seconds. Walking the chunk headers costs
     microseconds (a few hundred chunks in a 6 MB PNG)."""
     n = len(data)
     for pos, length, ctype in png_chunks(data):

@@ -96,8 +96,8 @@ def _downscale_plan(in_h: int, in_w: int, out_h: int, out_w: int):
     """For downscale_bilinear, per (input size, output size): OpenCV maps (int16 x, y
     pairs, 4 bytes per output pixel) that fetch each output pixel's source pixel at the
     (low|high row, low|high column) corner, and the weights of the high taps per row and
-    column. 14 MB for 800x1066 (a full-size weight per corner was 55 MB, and 130 ms to build
-    for every new photo size; these take 10 ms)."""
+    column. 14 MB for 800x1066 (a full-size weight per corner was 55 MB, and an order of
+    magnitude slower to build for every new photo size)."""
     y_low, y_high, wy = _taps(in_h, out_h)
     x_low, x_high, wx = _taps(in_w, out_w)
     maps = []

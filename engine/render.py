@@ -34,7 +34,8 @@ PALETTE = _make_palette()
 
 def prepare_thread() -> None:
     """Set up OpenCV's text rendering on the calling thread: OpenCV 5 does it on a thread's
-    first getTextSize or putText, ~25 ms. Threads that render answers call this once first."""
+    first getTextSize or putText, slowly enough to show in that answer's latency. Threads
+    that render answers call this once first."""
     cv2.getTextSize("warm-up", _FONT, 1.0, 1)
 
 
@@ -96,7 +97,7 @@ def _blend_masks(out: np.ndarray, masks) -> None:
     and only writes its index into a label map over the masks' union rectangle; the tint is
     then one pass over that rectangle, in bands of rows so its temporaries stay small. The
     per-pixel work is OpenCV's (masked copies, a lookup table): numpy's masked copy and
-    fancy indexing took 0.26 s of a 12-megapixel render.
+    fancy indexing took much of a 12-megapixel render's time.
     """
     extents = masks.extents()
     present = (extents[:, 2] > extents[:, 0]) & (extents[:, 3] > extents[:, 1])

@@ -1,13 +1,13 @@
 """RoIAlign in native code, for the CPU backends: torchvision's roi_align (multi-level, as
 MultiScaleRoIAlign pools once the engine has assigned each RoI its level) at memory speed.
 
-The head graphs' own RoiAlign (ONNX Runtime's and OpenVINO's) took 100-380 ms for a box
-head's 1000 proposals on two cores, most of the box head; this one computes the same
-numbers (within float rounding) from channels-last (NHWC) feature maps, which OpenVINO's
-dense graph writes at no extra cost, with vector instructions, in about 10 ms
-(engine/native/roi_align.c says how). It is a C library built when the package is installed
-(setup.py; optional: without a C compiler the install still succeeds, `available()` is
-False, and the backends keep the graphs' own RoiAlign).
+The head graphs' own RoiAlign (ONNX Runtime's and OpenVINO's) took most of the box head's
+time for its 1000 proposals; this one computes the same numbers (within float rounding)
+from channels-last (NHWC) feature maps, which OpenVINO's dense graph writes at no extra
+cost, with vector instructions, in a small fraction of that time (engine/native/roi_align.c
+says how; the figures are in benchmarks/results/FIGURES.md). It is a C library built when
+the package is installed (setup.py; optional: without a C compiler the install still
+succeeds, `available()` is False, and the backends keep the graphs' own RoiAlign).
 
     pool_levels(features, rois, scales, output_size, sampling_ratio) -> (R, C, PH, PW) float32
 
@@ -127,8 +127,7 @@ class RoIAligner:
     def channels_last(self, feature: np.ndarray, out: np.ndarray) -> np.ndarray:
         """feature (1, C, H, W) float32 (NCHW) copied channels-last into the start of `out`
         (a C-contiguous float32 buffer of at least C * H * W values): returns that (1, H, W, C)
-        view. For maps a runtime can only write NCHW at no cost; 13 ms for an R50's four maps
-        (800x1088 input) on two threads."""
+        view. For maps a runtime can only write NCHW at no cost."""
         _, c, h, w = feature.shape
         feature = np.ascontiguousarray(feature, np.float32)
         if out.dtype != np.float32 or not out.flags.c_contiguous or out.size < c * h * w:

@@ -4,32 +4,34 @@ Calibration runs the FP32 engine on the user's images and records the exact inpu
 graph sees in service (the photo tensor; the feature maps and level-split RoIs of the box
 and mask heads), so every graph is calibrated on real activations, not on random tensors.
 
-Choices (measured on a 2-core AMD EPYC Zen 4 with ORT 1.32):
+Choices (measured on an AMD EPYC Zen 4 with ORT 1.32; the figures are in
+benchmarks/results/FIGURES.md):
 - U8 activations with S8 per-channel weights: ORT's x86 kernels fuse QDQ Conv/Gemm into
   integer kernels only for U8S8; S8S8 left most convs unfused at FP32 speed.
 - MinMax calibration, with CalibStridedMinMax (CalibMaxIntermediateOutputs collects nothing
   in ORT 1.32).
-- Per-channel weights: as fast as per-tensor once every conv is integer (R50 dense graph at
-  800x1088 on a loaded machine: 0.527 vs 0.531 s, FP32 1.92 s; before, with 8 convs left
-  FP32, 0.383 vs 0.429 s at 800x800), and the more accurate of the two.
+- Per-channel weights: as fast as per-tensor once every conv is integer (R50 dense graph,
+  both far faster than FP32), and the more accurate of the two.
 - Only Conv, Gemm and MatMul are quantized; RoiAlign, Resize, Softmax and Sigmoid stay FP32.
-  Adding Add, Resize and MaxPool to the list left the dense graph's time unchanged (0.311 vs
-  0.312 s); adding ConvTranspose made the mask head slower (0.146 vs 0.130 s for 102 RoIs).
+  Adding Add, Resize and MaxPool to the list left the dense graph's time unchanged; adding
+  ConvTranspose made the mask head slower.
 - The last layer of each head (RPN objectness/deltas, box predictor, mask logits) stays FP32:
   they write the scores and boxes directly, cost little (1x1 convs, small Gemms), and on the
-  demo model keeping them lifted INT8/FP32 agreement from 95.3% to 96.3% (box AP 0.894 ->
-  0.898, FP32 0.902). Quantizing the RPN's output convs after all would save ~10 ms of the
-  R50 dense graph but gave 95.4%.
+  demo model keeping them raised INT8/FP32 agreement and box AP. Quantizing the RPN's output
+  convs after all would save a little of the R50 dense graph's time but lost most of that
+  agreement again.
 - Weights in 7 bits (-64..64, ONNX Runtime's reduce_range; WEIGHT_BITS): on x86 CPUs without
   VNNI (AVX2-only, AVX-512 without VNNI) both ONNX Runtime and OpenVINO multiply U8 by S8 with
   VPMADDUBSW, which adds each two neighbouring products into an int16 and saturates at
   32767. Full-range weights overflow it (255 * 127 * 2), so results depended on the CPU and
   even on the order of a layer's input columns (engine.int8_arithmetic). 255 * 64 * 2 =
-  32640 never does: the same integers on every CPU. Cost on the demo model: README, "INT8".
-- Shape nodes read the quantized maps (read_shapes_before_dequantize): -20 ms of DQ.
+  32640 never does: the same integers on every CPU. Cost on the demo model:
+  benchmarks/int8_accuracy.py --weight-bits 7 and 8 (benchmarks/results/int8_accuracy_*.json).
+- Shape nodes read the quantized maps (read_shapes_before_dequantize): no DequantizeLinear
+  of a whole map only for its shape.
 - Every conv must reach ORT's integer kernel: shared initializers are given private copies
-  first (see materialize_shared_initializers); that took the R50 dense graph from 0.68 to
-  0.30 s at 800x1088.
+  first (see materialize_shared_initializers); that made the R50 dense graph far
+  faster.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def materialize_shared_initializers(source: Path, target: Path) -> int:
     becomes one). ORT's quantizer only quantizes a bias that is an initializer, and ORT
     fuses DQ -> Conv -> Q into an integer QLinearConv only when the bias is quantized, so
     each such conv stayed FP32: 8 of the R50 dense graph's convs, the FPN's 3x3 convs and the
-    RPN head's conv at the finest level among them, 472 of its 717 ms. Private copies also
+    RPN head's conv at the finest level among them, most of its time. Private copies also
     let each consumer get the bias scale its own input scale implies.
     """
     import onnx
@@ -146,7 +148,8 @@ def read_shapes_before_dequantize(path: Path) -> int:
 
     The FPN sizes each upsampling from the lateral map's shape; after quantization that Shape
     hung off a DequantizeLinear of the whole map, which ONNX Runtime computes (and transposes
-    out of its NHWC layout) just to read its shape: ~25 ms of the R50 INT8 dense graph.
+    out of its NHWC layout) just to read its shape: a measurable part of the R50 INT8 dense
+    graph's time.
     """
     import onnx
 

@@ -32,7 +32,7 @@ graph BF16, the native RoIAlign FP32; only the dense graph where that was not bu
 The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
 server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
 read where they are resolved; Dockerfile.gpu's start script reads MASKRCNN_TENSORRT and
-MASKRCNN_PLAN_CACHE. README.md lists them all.
+MASKRCNN_PLAN_CACHE. docs/configuration.md lists them all.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ DEFAULT_RETRY_AFTER_S = 2
 # dropped (408): SageMaker's own limit for a whole invocation is 60 s.
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 # waitress stops accepting at its connection limit (100 by default), which a hundred stalled
-# clients could reach, and then /ping starves; a stalled connection costs a few kB here.
+# clients could reach, and then /ping starves; a stalled connection costs little here.
 DEFAULT_MAX_CONNECTIONS = 2000
 # Admission by memory (server.inference.MemoryBudget), sized for a 2 GiB instance with the R50
-# model: it idles at about 1 GB and a full queue of 40-megapixel PNG answers peaked at 1.45 GB.
+# model: above its idle size and the measured peak of a full queue of 40-megapixel PNG
+# answers, below the instance's memory (benchmarks/memory_budget.py).
 DEFAULT_MEMORY_BUDGET_MB = 1800
 # After SIGTERM every accepted request has its answer (or a 503) by this deadline, and the
 # process exits about a second later: SageMaker sends SIGKILL 30 s after SIGTERM.

@@ -8,8 +8,9 @@ that answer /ping never come here, so pings stay fast while inference is busy.
 Jobs run on `workers` long-lived threads, started (and prepared by `initializer`) with the
 executor, not on the HTTP thread that submitted them: waitress hands each request to the
 next of its many threads, and per-thread state is costly to build on a fresh one (OpenCV 5
-sets up its fonts on a thread's first caption: 25 ms, which made a 640x480 JPEG answer cost
-51 ms over predict through waitress against 24 ms in-process). The hand-off is a future.
+sets up its fonts on a thread's first caption, which made a 640x480 JPEG answer's overhead
+over predict through waitress far larger than in-process; the figures are in
+benchmarks/results/FIGURES.md). The hand-off is a future.
 """
 
 from __future__ import annotations
@@ -190,8 +191,8 @@ class MemoryBudget:
         full pass of the mask head). The idle size already holds one set (ONNX Runtime's
         arena keeps it), so each further concurrent inference adds one more.
       - the photo's: `BYTES_PER_PIXEL` per pixel its header declares (decoded RGB, the label
-        map of the rendered answer, the largest mask crop, the encoder's output; measured
-        7.4 B/px for a 40-megapixel PNG answer with the R50 model, so 10 leaves room).
+        map of the rendered answer, the largest mask crop, the encoder's output; set with
+        room above what a 40-megapixel PNG answer with the R50 model was measured to need).
     Only `workers` requests run at once, so the need is every admitted body, the `workers`
     largest photo estimates, and (min(admitted, workers) - 1) * inference_bytes. The idle
     size is the process's RSS (`measure_idle`), taken whenever a request arrives with

@@ -131,7 +131,7 @@ def test_bf16_where_the_cpu_has_it_else_a_clear_error(small_model_dir):
 
 
 def test_default_bf16_meets_the_accuracy_criteria_on_the_demo_model(demo_model_dir):
-    """Issue 15's BF16 criteria, on 60 held-out scenes not in benchmarks/backend_accuracy.py's
+    """The BF16 default's accuracy criteria, on 60 held-out scenes not in benchmarks/backend_accuracy.py's
     300: >= 97% of FP32 detections (score >= 0.5) returned with the same class and box IoU
     >= 0.9, box AP and mask AP within 0.01 of ONNX Runtime FP32."""
     if "bf16" not in cpu_precisions():

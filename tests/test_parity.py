@@ -1,7 +1,7 @@
 """The engine against torchvision eager: same weights, same photos, same thresholds, on
 each CPU backend at FP32 (ONNX Runtime, OpenVINO).
 
-Criteria (issue 2): >= 98% of detections matched both ways (same class, box IoU >= 0.99),
+Criteria: >= 98% of detections matched both ways (same class, box IoU >= 0.99),
 matched scores within 1e-3, mean IoU of matched masks >= 0.98.
 """
 

@@ -248,7 +248,7 @@ def test_unloadable_model_dir_exits_non_zero(tmp_path):
 def test_a_12_megapixel_photo_costs_the_server_little_memory(small_model_dir, tmp_path):
     """A phone photo (4000x3000, 100 detections) answered as JSON with RLE masks, as a
     segmented JPEG and as a PNG: the server's peak RSS over those requests stays within
-    issue 13's 150 MB per request over the warm model, plus a third for noise. Masks kept at
+    the target of 150 MB per request over the warm model, plus a third for noise. Masks kept at
     full size would need 1.2 GB; a float copy of the photo alone is 144 MB."""
     import cv2
     from skimage import data

@@ -17,7 +17,7 @@ device buffers back to their pool there).
 `auto` takes the first of these that can run here with the given model directory (with
 precision bf16, the first that runs BF16: openvino). Without a precision each backend runs
 its default here (`default_precision`): BF16 for openvino where the CPU has BF16
-instructions (what runs in BF16 meets issue 15's accuracy criteria: see
+instructions (what runs in BF16 meets the BF16 accuracy criteria: see
 openvino_cpu.PLANS), FP32 everywhere else.
 Importing this package never needs a GPU package.
 """
@@ -30,8 +30,8 @@ from ..errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
-# On the CPU openvino comes first: R50 (2-core EPYC) 4.5 s a photo against 6.0 s on ONNX
-# Runtime alone, the demo model the same within noise (79 against 76 ms).
+# On the CPU openvino comes first: faster than ONNX Runtime alone on R50, the demo model
+# the same within noise (benchmarks/results/FIGURES.md).
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime-cpu")
 PRECISIONS = ("fp32", "bf16")  # what a caller may ask for; only openvino runs bf16
 

@@ -41,12 +41,12 @@ def cpu_session(path, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle ORT threads would otherwise spin on the cores after each graph, slowing the
-    # numpy stages between graphs and the rendering after predict (measured: render +
-    # encode 26 -> 16 ms, predict 4.1 -> 3.6 s on 2 loaded cores).
+    # numpy stages between graphs and the rendering after predict (both faster without it;
+    # benchmarks/results/FIGURES.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # ONNX Runtime's memory pattern plans one block per input shape from the second run
-    # on, allocated beside the arena chunks the first run left: R50's steady RSS went
-    # 965 -> 1496 MB with it, at the same speed, so it is off (the arena still reuses buffers).
+    # on, allocated beside the arena chunks the first run left: R50's steady RSS grew
+    # markedly with it, at the same speed, so it is off (the arena still reuses buffers).
     options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -57,11 +57,11 @@ def cpu_session(path, threads: int):
 class OnnxRuntimeCpuBackend(Backend):
     name = "onnxruntime-cpu"
     # The mask head runs on at most this many detections at a time. ONNX Runtime's arena
-    # keeps the largest activations it has ever needed, about 2.7 MB per RoI for R50, so
-    # max_detections=1000 in one run grew the process by 2.4 GB for good; in passes the arena
-    # is bounded by this many rows, reached at warm-up (Engine.warmup runs 100 detections).
-    # Not fewer: on R50 (2 cores) 100 detections took 889 ms in one run, 1031 ms in passes
-    # of 50, 1074 ms in passes of 32 (the convolutions are faster on larger batches).
+    # keeps the largest activations it has ever needed, megabytes per RoI for R50, so
+    # max_detections=1000 in one run grew the process by gigabytes for good; in passes the
+    # arena is bounded by this many rows, reached at warm-up (Engine.warmup runs 100
+    # detections). Not fewer: smaller passes were slower on R50 (the convolutions are faster
+    # on larger batches).
     MASK_HEAD_ROWS_PER_RUN = 100
 
     def __init__(self, model_dir, threads: int | None = None):

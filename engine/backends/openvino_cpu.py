@@ -37,37 +37,37 @@ RUNTIMES = ("openvino", "onnxruntime")  # what each graph may run on (ONNX Runti
 POOLINGS = ("native", "graph")  # engine.roi_align, or the head graphs' own RoiAlign
 
 # Which runtime runs each graph, and at what precision, for each precision asked for: the
-# fastest that meets issue 15's accuracy criteria, by measurement (README, "CPU: OpenVINO and
-# ONNX Runtime"; benchmarks/graph_runtimes.py and benchmarks/backend_accuracy.py).
+# fastest that meets the BF16 accuracy criteria (benchmarks/backend_accuracy.py), by
+# measurement (benchmarks/graph_runtimes.py and benchmarks/backend_accuracy.py; the figures
+# behind each choice below are in benchmarks/results/FIGURES.md).
 #
 # With the native RoIAlign (pooling="native", wherever the package was built with a C
 # compiler) every graph runs on OpenVINO, the heads cut after their RoiAlign (ONNX Runtime
-# cannot run a cut graph without the onnx package at serving time). R50, 2-core AMD EPYC
-# with AVX-512 BF16, 1000 proposals, 100 detections: box head 148 ms FP32, 88 ms BF16
-# (pooling 5-8 ms of each; ONNX Runtime's whole box head 225 ms), mask head 486 ms FP32,
-# 262 ms BF16. Under bf16 every graph runs BF16: with the pooling in FP32 the demo
-# model (300 held-out scenes, against ONNX Runtime FP32) keeps 99.35% of detections, box
-# AP -0.0007, mask AP -0.0002. (With the graphs' own RoiAlign, OpenVINO ran it in BF16 too,
-# RoI coordinates included, and mask AP fell 0.013: GRAPH_POOLING_PLANS keeps the heads FP32.)
+# cannot run a cut graph without the onnx package at serving time): the box head ran faster
+# there than ONNX Runtime's whole box head, both heads faster in BF16 than in FP32, the
+# native pooling a small part of each. Under bf16 every graph runs BF16: with the pooling
+# in FP32 the demo model (held-out scenes, against ONNX Runtime FP32) stays within the
+# accuracy criteria. (With the graphs' own RoiAlign, OpenVINO ran it in BF16 too, RoI
+# coordinates included, and mask AP fell past them: GRAPH_POOLING_PLANS keeps the heads
+# FP32.)
 PLANS = {precision: {graph: ("openvino", precision) for graph in GRAPHS} for precision in PRECISIONS}
 # INT8 model directories: every graph on OpenVINO, FP32 between the INT8 layers by default
-# (engine.backends.default_precision). Box head 54 ms (pooling 8, fc6 in INT8 35).
+# (engine.backends.default_precision); the box head's fc6 in INT8 is most of its time.
 QUANTIZED_PLANS = PLANS
 
-# Without the native RoIAlign (pooling="graph"), measured on a 2-core Xeon with AMX:
-# - fp32: the dense graph is faster on OpenVINO, the box head on ONNX Runtime (its RoiAlign:
-#   157 against 219 ms for 1000 proposals), the mask head the same within noise on both.
-# - bf16: only the dense graph runs BF16 (0.62 s against 1.78 s at FP32 for R50): 99.4% of
-#   detections, box AP -0.0005, mask AP -0.0002. The heads' RoiAlign in BF16 cost mask AP
-#   0.013 and the box head ran slower on OpenVINO (494 against 292 ms), so they stay FP32 on
-#   ONNX Runtime.
+# Without the native RoIAlign (pooling="graph"), as measured on a Xeon with AMX:
+# - fp32: the dense graph is faster on OpenVINO, the box head on ONNX Runtime (its RoiAlign
+#   is the faster one for the RPN's proposals), the mask head the same within noise on both.
+# - bf16: only the dense graph runs BF16 (far faster than at FP32 for R50, within the
+#   accuracy criteria). The heads' RoiAlign in BF16 cost mask AP past them and the box
+#   head ran slower on OpenVINO, so they stay FP32 on ONNX Runtime.
 GRAPH_POOLING_PLANS = {
     "fp32": {"dense": ("openvino", "fp32"), "box_head": ("onnxruntime", "fp32"), "mask_head": ("onnxruntime", "fp32")},
     "bf16": {"dense": ("openvino", "bf16"), "box_head": ("onnxruntime", "fp32"), "mask_head": ("onnxruntime", "fp32")},
 }
-# INT8 directories, same Xeon: OpenVINO runs the quantized dense graph in 375 ms against ONNX
-# Runtime's 677, the mask head in 208 against 392; the box head is RoiAlign-bound (float in
-# both; 200-270 ms) and stays on ONNX Runtime.
+# INT8 directories, same Xeon: OpenVINO runs the quantized dense graph and the mask head
+# faster than ONNX Runtime; the box head is RoiAlign-bound (float in both) and stays on ONNX
+# Runtime.
 GRAPH_POOLING_QUANTIZED_PLANS = {
     precision: {"dense": ("openvino", precision), "box_head": ("onnxruntime", "fp32"), "mask_head": ("openvino", precision)}
     for precision in PRECISIONS
@@ -136,8 +136,8 @@ def channels_last_head(model):
     """The cut head `model` (pooled_head's) taking its pooled features channels-last,
     (R, PH, PW, C), where it flattens them straight into a fully connected layer (the box
     head's fc6): the flatten then orders them (ph, pw, c), and the layer's weight columns are
-    permuted to match, so the native RoIAlign writes its bins without a transpose (a third of
-    its time) and no Transpose runs in the graph (4-6 ms for 1000 RoIs). None where the graph
+    permuted to match, so the native RoIAlign writes its bins without a transpose (a large
+    share of its time) and no Transpose runs in the graph. None where the graph
     is not of that form (the mask head's convolutions take NCHW)."""
     import openvino as ov
 
@@ -200,7 +200,7 @@ def quantized_input_head(model):
     """The channels-last head `model` (channels_last_head's) taking its pooled features as
     uint8 where an INT8 directory quantizes them first thing (flatten -> FakeQuantize to 256
     levels -> Convert to u8): the native RoIAlign quantizes as it writes (a quarter of the
-    bytes), and the graph's FakeQuantize over 12.5 M values (6.5 ms for 1000 RoIs) goes.
+    bytes), and the graph's FakeQuantize over 12.5 M values (for 1000 RoIs) goes.
     Returns (model, (low, high)), the FakeQuantize's input range, or None where the graph
     is not of that form."""
     import openvino as ov
@@ -387,9 +387,9 @@ class OpenVinoCpuBackend(Backend):
         self.head_configs = {"box_head": model_dir.config.box_head, "mask_head": model_dir.config.mask_head}
         self.aligner = roi_align.RoIAligner(self.threads) if native else None
         # An INT8 dense graph computes its feature maps NHWC but OpenVINO writes NHWC outputs
-        # through a generic Transpose (R50: 478 against 448 ms for NCHW outputs, and NCHW is
-        # itself a reorder from NHWC): there the maps come out NCHW and the native code
-        # transposes them (13 ms). A float graph writes NHWC at no cost.
+        # through a generic Transpose (slower than NCHW outputs for R50, though NCHW is itself
+        # a reorder from NHWC): there the maps come out NCHW and the native code transposes
+        # them, which costs less. A float graph writes NHWC at no cost.
         self.transpose_features = native and quantized
         self._channels_last_buffers: dict[int, dict[str, np.ndarray]] = {}  # dense request -> map -> buffer
         # head -> the shape of its pooled input after R: (C, PH, PW), or channels-last (PH, PW, C)
