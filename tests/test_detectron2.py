@@ -138,7 +138,7 @@ def test_build_engine_cli_converts_a_zoo_pkl(subjects, tmp_path):
 def test_int8_conversion(subjects, tmp_path):
     """--int8 with --detectron2-config: INT8 graphs that load on both CPU backends and whose
     RPN logits follow the FP32 graph's (detection agreement on random weights says little:
-    see the README's INT8 figures for a trained model)."""
+    see docs/performance.md's INT8 figures for a trained model)."""
     import cv2
 
     subject = subjects("R50-FPN-3x")
@@ -369,7 +369,7 @@ def test_zoo_named_model_builds_from_a_seeded_cache(subjects, tmp_path):
 
 
 def test_readme_detectron2_recipe_end_to_end(subjects, tmp_path):
-    """README "Serving a detectron2 model", as written, on a training run's output folder:
+    """docs/models.md "Serving a detectron2 model", as written, on a training run's output folder:
     build_engine.py -> engine info -> serve --model-dir -> the seed's boto3 call answers with
     the class names given."""
     import shutil
@@ -384,7 +384,7 @@ def test_readme_detectron2_recipe_end_to_end(subjects, tmp_path):
     (tmp_path / "output").mkdir()
     shutil.copy(subject["config"], tmp_path / "output" / "config.yaml")
     shutil.copy(subject["weights"], tmp_path / "output" / "model_final.pth")
-    model_dir = run_readme_setup("### Serving a detectron2 model", tmp_path)
+    model_dir = run_readme_setup("## Serving a detectron2 model", tmp_path, "docs/models.md")
     assert json.loads((model_dir / "model.json").read_text())["class_names"][1:] == CUSTOM_NAMES
     server = ServerProcess(model_dir, tmp_path / "server.log")
     try:

@@ -86,3 +86,157 @@ def test_the_alert_expressions_parse():
     finally:
         path.unlink()
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+FENCE = re.compile(r"^```.*?^```[^\n]*$", re.S | re.M)
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of `markdown` (lower case; punctuation other than
+    hyphens and underscores dropped; spaces to hyphens; -1, -2, ... for repeats)."""
+    anchors: set[str] = set()
+    for line in FENCE.sub("", markdown).splitlines():
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not heading:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))  # a link: its text
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def relative_links(markdown: str) -> list[str]:
+    """Every link and image target in `markdown` outside code, that is not a URL."""
+    prose = re.sub(r"`[^`\n]*`", "", FENCE.sub("", markdown))
+    targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", prose)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_github_anchors_follow_githubs_rules():
+    text = "# A: `b` c\n## A: `b` c\n### The API (SageMaker hosting contract)\n```\n# not a heading\n```\n"
+    assert github_anchors(text) == {"a-b-c", "a-b-c-1", "the-api-sagemaker-hosting-contract"}
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),
+                                  "benchmarks/HISTORY.md"])
+def test_every_relative_link_resolves(page):
+    """Each relative link in the README and the docs names a file or folder of the repository,
+    and, with #anchor, a heading of that page."""
+    source = REPO / page
+    broken = []
+    for target in relative_links(source.read_text()):
+        path, _, anchor = target.partition("#")
+        resolved = (source.parent / path).resolve() if path else source
+        if not resolved.exists() or REPO.resolve() not in [resolved, *resolved.parents]:
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in github_anchors(resolved.read_text()):
+            broken.append(f"{target}: no heading #{anchor} in {resolved.relative_to(REPO.resolve())}")
+    assert not broken, f"{page}: " + "; ".join(broken)
+
+
+def test_the_engine_commands_and_python_api_run_as_written(tmp_path):
+    """docs/api.md's `python -m engine` lines and its Python example, on the bundled demo model
+    (the page's models/coco-v1 is replaced by demo/model; `--model coco-v1` builds from COCO
+    weights, which cannot be downloaded here: tests/test_named_models.py runs that path)."""
+    shutil.copy(REPO / "server" / "static" / "sample.jpg", tmp_path / "photo.jpg")
+    demo = str(REPO / "demo" / "model")
+    block = docs_block("api.md", "## Without the server", "bash")
+    env = {k: v for k, v in os.environ.items() if k != "SM_MODEL_DIR"}
+    ran = 0
+    for line in block.splitlines():
+        command = line.partition("#")[0].strip()
+        if not command or "--model coco-v1" in command:
+            continue
+        argv = shlex.split(command.replace("models/coco-v1", demo).replace(" [--json]", ""))
+        assert argv[:3] == ["python", "-m", "engine"], line
+        result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        if "--json" in argv:
+            assert json.loads(result.stdout)["labels"], line
+        ran += 1
+    assert ran == 5
+    assert (tmp_path / "segmented.jpg").stat().st_size > 0
+
+    code = docs_block("api.md", "serving image; a missing or corrupt directory", "python")
+    code = code.replace('"models/coco-v1"', repr(demo))
+    probe = "\nassert len(det.boxes) == len(det.scores) == len(det.masks) > 0\nprint(det.labels)\n"
+    result = subprocess.run([sys.executable, "-c", code + probe], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+# Code blocks a user would run that no test runs as written, and why; every other bash, sh,
+# python or yaml block of README.md and docs/ must be run by a test (found by the calls below).
+NOT_RUN_AS_WRITTEN = {
+    ("README.md", "./serve.sh"): "the two commands: CI runs ./test.sh; tests/test_named_models.py runs "
+                                 "./serve.sh --coco on a fresh copy of the project (its venv created, seeded weights: "
+                                 "nothing can be downloaded here); plain ./serve.sh execs `serve`, which "
+                                 "tests/test_demo_e2e.py starts on the bundled demo model",
+    ("docs/api.md", "SCHEMATHESIS_HOOKS="): "tests/test_openapi.py runs schemathesis with these hooks and every check",
+    ("docs/api.md", "newman run"): "tests/test_postman.py runs newman with this collection against the real server",
+    ("docs/deployment.md", "docker build -t"): "tests/test_container.py builds the image with docker/build-image.sh "
+                                               "and runs it as SageMaker does",
+    ("docs/deployment.md", "maskrcnn-sagemaker package"): "needs AWS; tests/test_deploy_multi_model.py runs these "
+                                                          "commands against moto",
+    ("docs/deployment.md", "maskrcnn-sagemaker deploy"): "needs AWS; tests/test_deploy_async.py runs these commands "
+                                                         "against moto",
+    ("docs/deployment.md", "python build_engine.py --tensorrt"): "needs an NVIDIA GPU and TensorRT "
+                                                                 "(tests/test_tensorrt_build.py checks the refusal)",
+    ("docs/deployment.md", "docker build -f Dockerfile.gpu"): "needs an NVIDIA GPU",
+    ("docs/deployment.md", "python -m pytest -q -rs tests/test_gpu_backends.py"): "needs an NVIDIA GPU",
+    ("docs/models.md", "python build_engine.py --weights coco"): "downloads COCO weights; tests/test_build_engine.py "
+                                                                  "builds from a seeded torch-hub cache and from "
+                                                                  "--weights random",
+    ("docs/models.md", "from build_engine import export"): "`my_maskrcnn` is the reader's model; "
+                                                           "tests/test_own_models.py calls export() on its own",
+    ("docs/models.md", "serve --model detectron2-r50-fpn-3x"): "downloads the model zoo's weights; "
+                                                               "tests/test_named_models.py runs --model with --weights",
+}
+RUNNABLE_LANGUAGES = ("bash", "sh", "python", "yaml")
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+ACCESSORS = [  # (pattern, how its groups name page, after, language)
+    (re.compile(r'readme_block\("([^"]+)", "(\w+)"(?:, "([^"]+)")?\)'),
+     lambda g: (g[2] or "README.md", g[0], g[1])),
+    (re.compile(r'docs_block\("([^"]+)", "([^"]+)", "(\w+)"\)'), lambda g: (f"docs/{g[0]}", g[1], g[2])),
+    (re.compile(r'run_readme_setup\("([^"]+)", \w+(?:, "([^"]+)")?\)'), lambda g: (g[1] or "README.md", g[0], "bash")),
+]
+
+
+def blocks_run_by_tests() -> set[tuple[str, int]]:
+    """(page, offset of the block) for every block a test takes with readme_block, docs_block
+    or run_readme_setup and literal arguments."""
+    found = set()
+    for test in (REPO / "tests").glob("test_*.py"):
+        source = test.read_text()
+        for pattern, names in ACCESSORS:
+            for match in pattern.finditer(source):
+                page, after, language = names(match.groups())
+                text = (REPO / page).read_text()
+                block = re.compile(rf"^```{language}\n", re.M).search(text, text.index(after))
+                found.add((page, block.start()))
+    return found
+
+
+def test_every_runnable_block_in_the_docs_is_run_or_says_why_not():
+    pages = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+    run = blocks_run_by_tests()
+    unaccounted, excused = [], set()
+    for page in pages:
+        for match in BLOCK.finditer((REPO / page).read_text()):
+            if match.group(1) not in RUNNABLE_LANGUAGES:
+                continue  # output, a diagram, a JSON answer
+            excuse = next((key for key in NOT_RUN_AS_WRITTEN if key[0] == page
+                           and match.group(2).lstrip().startswith(key[1])), None)
+            if (page, match.start()) in run:
+                assert excuse is None, f"{excuse} is run by a test: drop it from NOT_RUN_AS_WRITTEN"
+            elif excuse:
+                excused.add(excuse)
+            else:
+                unaccounted.append(f"{page}: {match.group(2).splitlines()[0][:80]}")
+    assert not unaccounted, "blocks no test runs (run them, or say why in NOT_RUN_AS_WRITTEN): " + "; ".join(unaccounted)
+    assert excused == set(NOT_RUN_AS_WRITTEN), f"no such block any more: {set(NOT_RUN_AS_WRITTEN) - excused}"

@@ -208,7 +208,7 @@ def test_own_models_match_torchvision(name, own_models):
 
 
 def test_readme_tutorial_recipe_end_to_end(tmp_path):
-    """README "Your own Mask R-CNN", as written: the tutorial's model surgery and a train.py
+    """docs/models.md "Your own Mask R-CNN", as written: the tutorial's model surgery and a train.py
     checkpoint -> build_engine.py -> engine info -> serve --model-dir -> the seed's boto3 call
     answers with the user's class names, and /ping names the model."""
     import os
@@ -218,14 +218,14 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
     from server_process import ServerProcess
     from test_readme_examples import readme_block, readme_boto3_answer, run_readme_setup
 
-    code = readme_block("### Your own Mask R-CNN", "python")
+    code = readme_block("## Your own Mask R-CNN", "python", "docs/models.md")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
     assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args"}
     checkpoint["model"] = tutorial_model().state_dict()  # weights that detect something, same layout
     torch.save(checkpoint, tmp_path / "checkpoint.pth")
 
-    model_dir = run_readme_setup("the tutorial's model surgery", tmp_path)
+    model_dir = run_readme_setup("the tutorial's model surgery", tmp_path, "docs/models.md")
     info = subprocess.run([sys.executable, "-m", "engine", "info", "models/pennfudan", "--json"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert json.loads(info.stdout)["classes"] == TUTORIAL_CLASSES

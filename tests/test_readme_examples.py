@@ -1,8 +1,9 @@
-"""The README's client examples, run as written against the real server (the bundled demo
-model, as `./serve.sh` serves it on a fresh machine), so they cannot drift from what works.
+"""The client examples of README.md and docs/api.md, run as written against the real server
+(the bundled demo model, as `./serve.sh` serves it on a fresh machine), so they cannot drift
+from what works.
 
-Each example is taken from README.md by the code block that follows its heading text; only
-the server's address is replaced (the README says http://localhost:8080). The examples run
+Each example is taken from its page by the code block that follows its heading text; only
+the server's address is replaced (the pages say http://localhost:8080). The examples run
 in a scratch folder that holds the photos they name, with no AWS settings in the
 environment: whatever region and credentials they need, they must say themselves.
 """
@@ -27,22 +28,22 @@ from server_process import REPO, ServerProcess
 README_URL = "http://localhost:8080"
 
 
-def readme_block(after: str, language: str) -> str:
-    """The first ```language block after the text `after` in README.md."""
-    text = (REPO / "README.md").read_text()
+def readme_block(after: str, language: str, page: str = "README.md") -> str:
+    """The first ```language block after the text `after` in `page` (README.md, or docs/X.md)."""
+    text = (REPO / page).read_text()
     start = text.index(after)
     match = re.compile(rf"^```{language}\n(.*?)^```", re.S | re.M).search(text, start)
-    assert match, f"no {language} block after {after!r} in README.md"
+    assert match, f"no {language} block after {after!r} in {page}"
     return match.group(1)
 
 
-def run_readme_setup(after: str, cwd) -> Path:
-    """The README's bash block after `after`, whose last line is `serve --model-dir DIR`, run
+def run_readme_setup(after: str, cwd, page: str = "README.md") -> Path:
+    """The bash block after `after` in `page`, whose last line is `serve --model-dir DIR`, run
     line by line in `cwd` up to that line (`python` is this Python, build_engine.py the
     project's, comments and line continuations as bash reads them): the DIR it would serve."""
     import shlex
 
-    block = readme_block(after, "bash").replace("\\\n", " ")
+    block = readme_block(after, "bash", page).replace("\\\n", " ")
     commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert commands[-1].startswith("serve --model-dir "), commands[-1]
     for line in commands[:-1]:
@@ -113,7 +114,7 @@ def test_readme_boto3_example_runs_as_written(server, scratch):
 
 def test_readme_curl_examples_run_as_written(server, scratch):
     folder, env = scratch
-    script = readme_block("curl:", "bash")
+    script = readme_block("curl:", "bash", "docs/api.md")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace(README_URL, server.url)], cwd=folder,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -130,7 +131,7 @@ def test_readme_aws_cli_example_runs_as_written(server, scratch):
             pytest.fail("the AWS CLI is missing (Debian: apt-get install awscli; .ci/run installs it)")
         pytest.skip("the AWS CLI is not installed (Debian: apt-get install awscli)")
     folder, env = scratch
-    script = readme_block("AWS CLI:", "bash")
+    script = readme_block("AWS CLI:", "bash", "docs/api.md")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace(README_URL, server.url)], cwd=folder,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
