@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install the project with its export and test extras into .venv and run the whole test suite.
-# torch/torchvision are pinned to the versions this project is verified with (a CPU run is enough).
+# Install the project with its export and test extras into .venv and run the test suite; the
+# arguments go to pytest. torch/torchvision are pinned to the versions this project is verified
+# with (a CPU run is enough).
+#   ./test.sh                    everything (what CI runs)
+#   ./test.sh -m "not slow"      the quick loop: the pure unit tests (tiers: tests/tiers.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv

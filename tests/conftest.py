@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded torchvision models and their exported model directories.
+"""Shared fixtures: seeded torchvision models and their exported model directories; and the
+test tiers (markers from tests/tiers.py's table, applied at collection).
 
 Models are built once per session; the exports go to a session temporary directory. Plain
 helpers (photos, the small model's builder, torchvision reference runs, matching) are in
@@ -11,7 +12,27 @@ from pathlib import Path
 
 import pytest
 
+import tiers
 from helpers import SMALL_CLASSES, build_small_maskrcnn
+
+
+def pytest_configure(config):
+    for name, meaning in tiers.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers added here
+def pytest_collection_modifyitems(config, items):
+    """Each test gets its markers from tests/tiers.py; a test module missing from the table
+    (or an entry naming what is gone) stops the collection."""
+    problems = tiers.problems(Path(__file__).resolve().parent)
+    problems += sorted({f"{item.path.name} is not classified: add it to MODULES in tests/tiers.py"
+                        for item in items if item.path.stem not in tiers.MODULES} - set(problems))
+    if problems:
+        raise pytest.UsageError("test tiers (tests/tiers.py):\n  " + "\n  ".join(problems))
+    for item in items:
+        for marker in sorted(tiers.markers_for(item.path.stem, item.name, item.fixturenames)):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
