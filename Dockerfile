@@ -39,6 +39,8 @@ WORKDIR /tmp/src
 COPY pyproject.toml setup.py README.md build_engine.py ./
 COPY engine/ engine/
 COPY server/ server/
+# `serve --model NAME` builds a named model on first use (it never imports torch itself)
+COPY provision/ provision/
 COPY exporter/ exporter/
 COPY deploy/ deploy/
 # The demo package: its trained model (demo/model) is package data; its training scripts

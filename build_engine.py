@@ -10,6 +10,7 @@ torch needed when the model directory exists):
 
     python build_engine.py --tensorrt --fp16 --output models/coco-v1
     python build_engine.py --tensorrt --fp16 --from-model-dir /opt/ml/model --output /tmp/model --if-missing
+    python build_engine.py --tensorrt --tensorrt-int8-calibration --calib-images photos/ --output models/coco-v1
 
 Your own Mask R-CNN: any checkpoint layout (train.py's, DDP's "module.", torch.compile's,
 Lightning's, .safetensors), another torchvision FPN backbone, the settings you trained with:
@@ -37,12 +38,15 @@ import json
 import sys
 from pathlib import Path
 
-from engine.named_models import ARCHS, BACKBONES  # torch-free, like the --tensorrt path
+from engine.model_directory.named import ARCHS, BACKBONES  # torch-free, like the --tensorrt path
 
 try:
     from exporter import export  # noqa: F401  (re-exported: the Python entry point)
 except ImportError:  # no torch (the GPU image): only --tensorrt on an existing model directory
     export = None
+
+# The old spelling of --tensorrt-int8-calibration: --int8 alone is INT8 ONNX graphs (QDQ).
+OLD_TENSORRT_INT8 = "--int8 with --tensorrt means TensorRT's INT8 calibration; give --tensorrt-int8-calibration instead"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,8 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--min-size", type=int, help="resize rule: short side (default: the model's, 800 for R50)")
     parser.add_argument("--max-size", type=int, help="resize rule: long-side cap (default: scaled with --min-size)")
-    parser.add_argument("--int8", action="store_true", help="quantize the graphs to INT8 (static QDQ; needs --calib-images)")
-    parser.add_argument("--calib-images", type=Path, help="directory of JPEG/PNG photos like the ones you will serve")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantize the ONNX graphs to INT8 (static QDQ; needs --calib-images); for TensorRT's "
+                        "INT8 calibration of its plans: --tensorrt-int8-calibration")
+    parser.add_argument("--calib-images", type=Path, help="directory of JPEG/PNG photos like the ones you will serve "
+                        "(--int8, --tensorrt-int8-calibration)")
     parser.add_argument("--int8-weight-bits", type=int, choices=(7, 8), default=7,
                         help="with --int8: 7 (default) gives the same results on every x86 CPU; 8 keeps one more bit "
                         "of each weight, for CPUs with VNNI or AMX: CPUs without VNNI (AVX2-only, older AVX-512) "
@@ -109,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     precision.add_argument("--fp16", action="store_const", const="fp16", dest="precision",
                            help="FP16 kernels where faster (the default with --tensorrt)")
     precision.add_argument("--fp32", action="store_const", const="fp32", dest="precision", help="FP32 only")
+    precision.add_argument("--tensorrt-int8-calibration", action="store_const", const="int8", dest="precision",
+                           help="TensorRT's INT8 calibration of the dense plan on --calib-images (the heads FP16)")
     trt.add_argument("--from-model-dir", type=Path,
                      help="read-only model directory to take the graphs from; --output becomes a writable "
                      "copy (graphs symlinked) that holds the plans")
@@ -132,7 +141,7 @@ def build_tensorrt(args) -> int:
     from exporter.tensorrt_build import TensorRTBuildError, build_plans, environment_reason, writable_copy
     from engine.errors import EngineError
 
-    precision = "int8" if args.int8 else (args.precision or "fp16")
+    precision = args.precision or "fp16"
     reason = environment_reason()
     if reason:  # before any export: fail in a second, not after minutes
         print(f"error: --tensorrt needs TensorRT and an NVIDIA GPU: {reason}", file=sys.stderr)
@@ -153,6 +162,9 @@ def build_tensorrt(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from exporter.progress import show_progress
+
+    show_progress()  # the exporter's progress lines ("[1/3] exporting ...") on stderr
     if args.arch and args.backbone:
         print("error: give --arch (a preset) or --backbone (MaskRCNN on that backbone), not both", file=sys.stderr)
         return 2
@@ -161,13 +173,18 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     args.arch = args.arch or ARCHS[0]
-    if args.int8 and not args.calib_images:
-        print("error: --int8 needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
+    if args.int8 and args.tensorrt:
+        print(f"warning: {OLD_TENSORRT_INT8}", file=sys.stderr)
+        args.int8, args.precision = False, "int8"
+    if (args.int8 or args.precision == "int8") and not args.calib_images:
+        flag = "--int8" if args.int8 else "--tensorrt-int8-calibration"
+        print(f"error: {flag} needs --calib-images DIR (photos like the ones you will serve)", file=sys.stderr)
         return 2
     if args.tensorrt:
         return build_tensorrt(args)
     if args.precision or args.from_model_dir or args.if_missing:
-        print("error: --fp16, --fp32, --from-model-dir and --if-missing go with --tensorrt", file=sys.stderr)
+        print("error: --fp16, --fp32, --tensorrt-int8-calibration, --from-model-dir and --if-missing go with "
+              "--tensorrt", file=sys.stderr)
         return 2
     return export_model_dir(args, quantize=args.int8)
 

@@ -7,8 +7,9 @@
 #                        under ~/.cache/maskrcnn-serve; later runs reuse it
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/serve ]; then
-  python3 -m venv .venv
+# Installed again when pyproject.toml is newer than the install (a new package to map, say).
+if [ ! -x .venv/bin/serve ] || [ pyproject.toml -nt .venv/bin/serve ]; then
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install -q -e .
 fi
 exec .venv/bin/serve "$@"

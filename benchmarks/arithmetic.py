@@ -3,9 +3,9 @@ size, and this machine's measured FP32 and INT8 matrix-multiply rates in ONNX Ru
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from harness.timing import timed
 
 
 def graph_gflop(onnx_path, input_shape) -> float:
@@ -91,9 +91,7 @@ class MatmulProbe:
 
     def time_once(self) -> None:
         for kind, session in self._sessions.items():
-            start = time.perf_counter()
-            session.run(None, self._feeds[kind])
-            self.seconds[kind].append(time.perf_counter() - start)
+            self.seconds[kind].append(timed(session.run, None, self._feeds[kind])[0])
 
     def rates(self) -> dict:
         """GFLOP/s (2 n^3 per product) at the median of the timings so far."""

@@ -7,7 +7,7 @@ agreement for the seeded random-weight R50 on scikit-image photos.
         [--configs openvino:fp32 openvino:bf16 openvino:bf16:box_head=openvino/bf16 ...]
 
 Each config is BACKEND:PRECISION, optionally followed by :GRAPH=RUNTIME/PRECISION,... to
-override the openvino backend's plan for that precision (engine.backends.openvino_cpu.PLANS),
+override the openvino backend's plan for that precision (engine.backends.openvino_plans.PLANS),
 and pooling=graph among them for the heads' own RoiAlign instead of the native one (then
 GRAPH_POOLING_PLANS): e.g. openvino:bf16:pooling=graph,mask_head=openvino/bf16 runs the
 mask head's RoiAlign in BF16 too. A config this machine cannot run (bf16 without BF16
@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, graph_runtimes  # noqa: E402
-from benchmarks.int8_accuracy import R50_MEASURED_PHOTOS, agreement  # noqa: E402
+from benchmarks.int8_accuracy import R50_MEASURED_PHOTOS  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.agreement import engine_agreement  # noqa: E402
 
-# the plans (openvino_cpu.PLANS: every graph BF16, pooled natively in FP32), BF16 in the dense
+# the plans (openvino_plans.PLANS: every graph BF16, pooled natively in FP32), BF16 in the dense
 # graph only, then without the native RoIAlign: the plan for that case, and the mask head's
 # RoiAlign in BF16 on OpenVINO
 DEFAULT_CONFIGS = ["openvino:fp32", "openvino:bf16", "openvino:bf16:box_head=openvino/fp32,mask_head=openvino/fp32",
@@ -40,7 +41,7 @@ def load_config(model_dir, config: str):
     """An Engine for BACKEND:PRECISION[:GRAPH=RUNTIME/PRECISION,...] (see the module docstring)."""
     from engine import Engine
     from engine.backends.openvino_cpu import OpenVinoCpuBackend
-    from engine.model_dir import ModelDir
+    from engine.model_directory.directory import ModelDir
 
     backend, precision, *overrides = config.split(":")
     if not overrides:
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         if isinstance(engine, dict):
             continue
         row = figures(engine)
-        matched, total = agreement(reference, engine, images)
+        matched, total = engine_agreement(reference, engine, images)
         row.update({"agreement_with_reference": round(matched / max(total, 1), 4), "reference_detections": total,
                     "bbox_AP_minus_reference": round(row["bbox_AP"] - rows["onnxruntime:fp32"]["bbox_AP"], 4),
                     "segm_AP_minus_reference": round(row["segm_AP"] - rows["onnxruntime:fp32"]["segm_AP"], 4)})
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
               "reference": "onnxruntime:fp32", "results": rows}
 
     if args.r50:
-        from benchmarks.inputs import random_r50_model_dir, skimage_photo
+        from harness.model_dirs import random_r50_model_dir
+        from harness.photos import skimage_photo
 
         r50_dir = random_r50_model_dir("backend-accuracy-")
         photos = list(CALIBRATION_PHOTOS) + list(R50_MEASURED_PHOTOS)
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
             engine = r50_rows[config] = runnable(r50_dir, config)
             if isinstance(engine, dict):
                 continue
-            matched, total = agreement(r50_reference, engine, r50_images)
+            matched, total = engine_agreement(r50_reference, engine, r50_images)
             r50_rows[config] = {"graphs": graph_runtimes(engine.backend), "reference_detections": total, "matched": matched,
                                 "agreement_with_reference": round(matched / max(total, 1), 4)}
             print(f"R50 {config}: {r50_rows[config]}", file=sys.stderr)

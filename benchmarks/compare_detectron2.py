@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from benchmarks.compare_torchvision import agreement  # noqa: E402
-from benchmarks.inputs import benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from harness.photos import benchmark_photo_jpeg  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -93,9 +93,7 @@ def main(argv=None) -> int:
     times = {name: [] for name in methods}
     for run in range(args.runs):
         for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn)[0])
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n.split(',')[-1].strip()} {times[n][-1]:.2f}s"
                                                       for n in methods), file=sys.stderr)
     base = float(np.median(times["detectron2 DefaultPredictor"]))

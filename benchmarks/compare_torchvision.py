@@ -31,21 +31,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.named_models import ARCHS  # noqa: E402
+from engine.model_directory.named import ARCHS  # noqa: E402
 
 from benchmarks.arithmetic import MatmulProbe, graph_gflop  # noqa: E402
-from benchmarks.inputs import skimage_photo, benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from harness.agreement import box_iou  # noqa: E402
+from harness.photos import benchmark_photo_jpeg, skimage_photo  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "rocket", "motorcycle")  # the timed photo is coffee
-
-
-def box_iou(a, b):
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def agreement(ref_boxes, ref_labels, boxes, labels) -> float:
@@ -73,7 +67,7 @@ def graph_pooling_engine(model_dir, precision: str, threads: int):
     """The openvino backend without the native RoIAlign (openvino_cpu.GRAPH_POOLING_PLANS)."""
     from engine import Engine
     from engine.backends.openvino_cpu import OpenVinoCpuBackend
-    from engine.model_dir import ModelDir
+    from engine.model_directory.directory import ModelDir
 
     directory = ModelDir.open(Path(model_dir))
     return Engine(directory, OpenVinoCpuBackend(directory, threads=threads, precision=precision, pooling="graph"))
@@ -169,13 +163,10 @@ def main(argv=None) -> int:
     def engine_runner(name):
         def run():
             # the whole service path: decode the uploaded JPEG, predict, draw and encode the answer
-            start = time.perf_counter()
-            decoded = decode_image(photo_jpeg)
-            decode_ms = (time.perf_counter() - start) * 1000.0
+            decode_s, decoded = timed(decode_image, photo_jpeg)
             det = engines[name].predict(decoded, score_threshold=0.05, max_detections=10)
-            start = time.perf_counter()
-            encode_image(render_detections(decoded, det), "jpeg")
-            timings = {"decode": decode_ms, **det.timings, "encode": (time.perf_counter() - start) * 1000.0}
+            encode_s, _ = timed(lambda: encode_image(render_detections(decoded, det), "jpeg"))
+            timings = {"decode": decode_s * 1000.0, **det.timings, "encode": encode_s * 1000.0}
             stages[name].append(timings)
             return det.boxes, det.class_ids
 
@@ -197,9 +188,7 @@ def main(argv=None) -> int:
     for run in range(args.runs):
         probe.time_once()
         for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn)[0])
         print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{n.split(',')[0]} {times[n][-1]:.2f}s" for n in methods), file=sys.stderr)
 
     base = float(np.median(times["torchvision eager"]))

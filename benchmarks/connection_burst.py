@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import socket
 import sys
 import tempfile
@@ -28,22 +27,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import serve_command, start_server  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
-from benchmarks.slow_clients import allow_open_files  # noqa: E402
+from harness.proc import cpu_seconds  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.slow_clients import allow_open_files  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 STALLED_HEAD = (b"POST /invocations HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                 b"Content-Length: 100000\r\n\r\n")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def ping_ms(port: int) -> float:
-    start = time.perf_counter()
+def _ping(port: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", "/ping")
@@ -52,12 +46,13 @@ def ping_ms(port: int) -> float:
         assert resp.status == 200, resp.status
     finally:
         conn.close()
-    return (time.perf_counter() - start) * 1e3
 
 
-def burst(port: int, n: int) -> tuple[list[socket.socket], float]:
-    """n connections opened without waiting for each, then each sends headers: (them, ms taken)."""
-    start = time.perf_counter()
+def ping_ms(port: int) -> float:
+    return timed(_ping, port)[0] * 1e3
+
+
+def _open_stalled(port: int, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         sock = socket.socket()
@@ -70,7 +65,13 @@ def burst(port: int, n: int) -> tuple[list[socket.socket], float]:
     for sock in socks:
         sock.setblocking(True)
         sock.sendall(STALLED_HEAD)
-    return socks, (time.perf_counter() - start) * 1e3
+    return socks
+
+
+def burst(port: int, n: int) -> tuple[list[socket.socket], float]:
+    """n connections opened without waiting for each, then each sends headers: (them, ms taken)."""
+    seconds, socks = timed(_open_stalled, port, n)
+    return socks, seconds * 1e3
 
 
 def main(argv=None) -> int:
@@ -81,15 +82,16 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "connection_burst.json")
     args = parser.parse_args(argv)
     allow_open_files(args.connections + 256)
-    proc, port = start_server(serve_command(args.model_dir), Path(tempfile.mkdtemp(prefix="burst-")) / "serve.log")
+    server = started_server(args.model_dir, Path(tempfile.mkdtemp(prefix="burst-")) / "serve.log")
+    port = server.port
     rounds = []
     try:
         for _ in range(args.rounds):
             idle = float(np.median([ping_ms(port) for _ in range(5)]))
-            cpu_before = cpu_seconds(proc.pid)
+            cpu_before = cpu_seconds(server.pid)
             socks, opened_ms = burst(port, args.connections)
             first = ping_ms(port)
-            cpu = cpu_seconds(proc.pid) - cpu_before
+            cpu = cpu_seconds(server.pid) - cpu_before
             later = [ping_ms(port) for _ in range(20)]
             rounds.append({"opened_ms": round(opened_ms, 1), "idle_ping_ms": round(idle, 2),
                            "first_ping_ms": round(first, 1), "later_ping_ms_p50": round(float(np.median(later)), 2),
@@ -100,8 +102,7 @@ def main(argv=None) -> int:
                 sock.close()
             time.sleep(2)  # the server closes them
     finally:
-        proc.terminate()
-        proc.wait(60)
+        server.stop(60)
     firsts = [r["first_ping_ms"] for r in rounds]
     write_results({
         "benchmark": "connection_burst", "model_dir": args.model_dir, "connections": args.connections,

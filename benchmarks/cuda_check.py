@@ -21,9 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_benchmark import measure  # noqa: E402
-from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.photos import benchmark_photo  # noqa: E402
+from harness.timing import repeat, summary_ms  # noqa: E402
 
 
 def buffer_checks() -> dict:
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                     model([tensor])
                 torch.cuda.synchronize()
 
-            report[f"torchvision_eager_cuda_{label}"] = measure(run, args.runs, 5)
+            report[f"torchvision_eager_cuda_{label}"] = summary_ms(repeat(run, args.runs, warmup=5)[0])
     except ImportError as exc:
         report["torchvision_eager_cuda"] = f"skipped: {exc}"
     report["all_buffer_checks_passed"] = ok

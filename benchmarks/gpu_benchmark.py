@@ -28,29 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.named_models import ARCHS  # noqa: E402
+from engine.model_directory.named import ARCHS  # noqa: E402
 
-from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import package_versions, write_results  # noqa: E402
+from harness.photos import benchmark_photo  # noqa: E402
+from harness.timing import repeat, summary_ms, timed  # noqa: E402
 
 PACKAGES = ("tensorrt", "onnxruntime-gpu", "onnxruntime", "cuda-python", "cuda-bindings", "torch", "torchvision", "numpy")
-
-
-def summarize(times_s: list[float]) -> dict:
-    t = np.asarray(times_s) * 1000.0
-    return {"p50_ms": round(float(np.percentile(t, 50)), 2), "p99_ms": round(float(np.percentile(t, 99)), 2),
-            "mean_ms": round(float(t.mean()), 2), "runs": len(t)}
-
-
-def measure(fn, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return summarize(times)
 
 
 def throughput(fn, threads: int, per_thread: int) -> dict:
@@ -114,7 +98,7 @@ def torchvision_rows(args, image, model_dir_info) -> tuple[list, dict]:
             return out["boxes"].float().cpu().numpy(), out["labels"].cpu().numpy()
 
         outputs[label] = run()
-        rows.append({"method": label, "latency": measure(run, args.runs, args.warmup),
+        rows.append({"method": label, "latency": summary_ms(repeat(run, args.runs, args.warmup)[0]),
                      "throughput": throughput(run, args.threads, args.per_thread)})
     return rows, outputs
 
@@ -165,9 +149,8 @@ def main(argv=None) -> int:
         for precision in [p for p in args.precisions.split(",") if p]:
             target = writable_copy(model_dir, work / f"trt-{precision}")
             print(f"building TensorRT {precision} plans (minutes)...", file=sys.stderr)
-            start = time.perf_counter()
-            build_plans(target, precision, slots=max(1, min(args.threads, 4)), quiet=True)
-            builds[precision] = round(time.perf_counter() - start, 1)
+            seconds, _ = timed(build_plans, target, precision, slots=max(1, min(args.threads, 4)), quiet=True)
+            builds[precision] = round(seconds, 1)
             engines[f"tensorrt {precision.upper()}"] = Engine.load(target, backend="tensorrt")
 
     rows, outputs, stages = [], {}, {}
@@ -180,7 +163,8 @@ def main(argv=None) -> int:
         def run(engine=engine, runs_timings=runs_timings):
             runs_timings.append(engine.predict(image, score_threshold=0.05).timings)
 
-        rows.append({"method": label, "detections": len(det), "latency": measure(run, args.runs, args.warmup),
+        rows.append({"method": label, "detections": len(det),
+                     "latency": summary_ms(repeat(run, args.runs, args.warmup)[0]),
                      "throughput": throughput(run, args.threads, args.per_thread)})
         stages[label] = {k: round(float(np.median([t[k] for t in runs_timings if k in t])), 2) for k in runs_timings[-1]}
     tv_rows, tv_outputs = torchvision_rows(args, image, weights)

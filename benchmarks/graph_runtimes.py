@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Each graph of the R50 model on each CPU runtime and precision, and where the box head's
-time goes: the measurement behind engine.backends.openvino_cpu.PLANS (which runtime runs
+time goes: the measurement behind engine.backends.openvino_plans.PLANS (which runtime runs
 which graph) and behind the native RoIAlign (the box head on 1000 proposals).
 
     python benchmarks/graph_runtimes.py [--runs 5] [--threads 2] [--no-int8]
@@ -23,7 +23,6 @@ import collections
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, graph_runtimes  # noqa: E402
-from benchmarks.inputs import benchmark_photo, skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.photos import benchmark_photo, skimage_photo  # noqa: E402
+from harness.timing import median_s, timed  # noqa: E402
 
 STAGES = ("dense", "box_head", "mask_head")
 
@@ -73,7 +73,7 @@ def stage_medians(engine, image, runs: int) -> dict:
 
 def box_head_feed(engine, image) -> dict:
     """The box head's inputs for `image`, as numpy: features 0-3 and the level-split RoIs."""
-    from engine.detect import split_by_level
+    from engine.roi_heads import split_by_level
 
     prepared = engine.transform(image)
     dense = engine.backend.run_dense(prepared.tensor)
@@ -98,9 +98,7 @@ def profile_onnxruntime(path: Path, feed: dict, threads: int, runs: int) -> dict
     profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     profiled.run(None, feed)
     for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(timed(session.run, None, feed)[0])
         profiled.run(None, feed)
     by_op = collections.Counter()
     for event in json.loads(Path(profiled.end_profiling()).read_text()):
@@ -123,9 +121,7 @@ def profile_openvino(graph, feed: dict, threads: int, runs: int, precision: str)
     request.infer(feed)
     seconds, by_op = [], collections.Counter()
     for _ in range(runs):
-        start = time.perf_counter()
-        request.infer(feed)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(timed(request.infer, feed)[0])
         for info in request.profiling_info:
             by_op[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1000.0 / runs
     return {"median_ms": round(float(np.median(seconds)) * 1000.0, 1),
@@ -139,8 +135,8 @@ def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precisi
     import openvino as ov
 
     from engine import roi_align
-    from engine.backends.openvino_cpu import native_head
-    from engine.model_dir import ModelDir
+    from engine.backends.openvino_graphs import native_head
+    from engine.model_directory.directory import ModelDir
 
     config = ModelDir.open(model_dir).config.box_head
     features = [np.ascontiguousarray(feed[f"feature_{i}"].transpose(0, 2, 3, 1)) for i in config.feature_indices]
@@ -156,14 +152,9 @@ def profile_native(model_dir: Path, feed: dict, threads: int, runs: int, precisi
         aligner.pool_levels(features, rois, config.scales, config.output_size, config.sampling_ratio, out=pooled,
                             channels_last=channels_last, quantize=quantize)
 
-    pool()
-    pool_seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        pool()
-        pool_seconds.append(time.perf_counter() - start)
+    pool_s, _ = median_s(pool, runs, warmup=1)
     head = profile_openvino(graph, {"pooled": pooled}, threads, runs, precision)
-    pool_ms = round(float(np.median(pool_seconds)) * 1000.0, 1)
+    pool_ms = round(pool_s * 1000.0, 1)
     return {"native_roi_align_ms": pool_ms, "pooled_input": f"{'channels-last' if channels_last else 'NCHW'} {pooled.dtype}",
             "cut_head": head, "median_ms": round(pool_ms + head["median_ms"], 1)}
 

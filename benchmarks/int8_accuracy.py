@@ -26,36 +26,20 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.named_models import ARCHS  # noqa: E402
+from engine.model_directory.named import ARCHS  # noqa: E402
 
-from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, box_iou, graph_runtimes  # noqa: E402
-from benchmarks.inputs import skimage_photo  # noqa: E402
+from benchmarks.compare_torchvision import CALIBRATION_PHOTOS, graph_runtimes  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.agreement import engine_agreement  # noqa: E402
+from harness.photos import skimage_photo  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 R50_MEASURED_PHOTOS = ("coffee", "immunohistochemistry", "hubble_deep_field", "camera", "coins", "page")
-
-
-def agreement(fp32_engine, int8_engine, images) -> tuple[int, int]:
-    """(matched, total): FP32 detections scoring >= 0.5 that INT8 also returns with the same
-    class and box IoU >= 0.9, and how many FP32 detections there were."""
-    matched = total = 0
-    for image in images:
-        a = fp32_engine.predict(image, score_threshold=0.5)
-        b = int8_engine.predict(image, score_threshold=0.5)
-        total += len(a)
-        if len(a) and len(b):
-            ious = box_iou(a.boxes.astype(np.float64), b.boxes.astype(np.float64))
-            ious[a.class_ids[:, None] != b.class_ids[None, :]] = 0
-            matched += int((ious.max(axis=1) >= 0.9).sum())
-    return matched, total
 
 
 def random_r50_agreement(archs, output: Path) -> None:
@@ -73,7 +57,7 @@ def random_r50_agreement(archs, output: Path) -> None:
         model = random_model(arch, seed=0)
         export(model, work / arch / "fp32", coco_class_names(), arch=arch, quiet=True)
         export_int8(model, work / arch / "int8", coco_class_names(), calibration, arch=arch, quiet=True)
-        matched, total = agreement(Engine.load(work / arch / "fp32"), Engine.load(work / arch / "int8"), measured)
+        matched, total = engine_agreement(Engine.load(work / arch / "fp32"), Engine.load(work / arch / "int8"), measured)
         rows.append({"arch": arch, "weights": "seeded random (seed 0)", "fp32_detections": total,
                      "matched": matched, "agreement": round(matched / max(total, 1), 4)})
         print(f"{arch}: {matched}/{total} FP32 detections matched by INT8", file=sys.stderr)
@@ -135,11 +119,10 @@ def main(argv=None) -> int:
 
     figures, latency, agreements = {}, {}, {}
     for name, engine in engines.items():
-        start = time.perf_counter()
-        figures[name] = evaluate(engine_predictor(engine), scenes)
-        latency[name] = (time.perf_counter() - start) / len(scenes) * 1000.0
+        seconds, figures[name] = timed(evaluate, engine_predictor(engine), scenes)
+        latency[name] = seconds / len(scenes) * 1000.0
         if name != "fp32 onnxruntime-cpu":
-            matched, total = agreement(engines["fp32 onnxruntime-cpu"], engine, [scene.image for scene in scenes])
+            matched, total = engine_agreement(engines["fp32 onnxruntime-cpu"], engine, [scene.image for scene in scenes])
             agreements[name] = {"matched": matched, "fp32_detections": total, "agreement": round(matched / max(total, 1), 4)}
         print(f"{name}: box AP {figures[name]['bbox']['AP']:.4f}, mask AP {figures[name]['segm']['AP']:.4f}, "
               f"{agreements.get(name, '')}", file=sys.stderr)

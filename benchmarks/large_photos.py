@@ -29,11 +29,9 @@ import argparse
 import http.client
 import io
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import random_r50_model_dir, serve_command, skimage_photo, start_server  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.model_dirs import random_r50_model_dir  # noqa: E402
+from harness.photos import jpeg_bytes, photo_of_size  # noqa: E402
+from harness.proc import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.timing import median_s, timed  # noqa: E402
 
 SCORE_THRESHOLD = 0.05  # torchvision's default; R50 with random weights still gives 100 detections
 SIZES = {"640x480": (480, 640), "4000x3000 (12 MP)": (3000, 4000), "7300x5500 (40 MP)": (5500, 7300)}
@@ -53,46 +55,6 @@ ANSWERS = {  # name -> (Accept, custom attributes)
     "jpeg": ("image/jpeg", {}),
     "png": ("image/png", {}),
 }
-
-
-def photo_of_size(h: int, w: int) -> np.ndarray:
-    import cv2
-
-    return np.ascontiguousarray(cv2.resize(skimage_photo("coffee"), (w, h), interpolation=cv2.INTER_CUBIC))
-
-
-def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
-    import cv2
-
-    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
-def rss_mb(pid: str = "self") -> float:
-    """A process's current resident set (Linux /proc), MiB."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def reset_peak_rss(pid: str = "self") -> None:
-    """Start a new peak (VmHWM) from the current RSS (Linux >= 4.0: clear_refs 5)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_mb(pid: str = "self") -> float:
-    """Peak RSS since the last reset_peak_rss() (VmHWM), MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
-
-
-def timed(fn, runs: int = 1) -> tuple[float, object]:
-    """Median seconds of `runs` calls of fn, and its last result."""
-    times, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
 
 
 def decode_kinds(photo: np.ndarray) -> dict:
@@ -128,29 +90,32 @@ def measure_one(model_dir: str, h: int, w: int, runs: int) -> dict:
     small = photo_of_size(480, 640)
     for _ in range(3):  # ONNX Runtime's arena grows over the first requests, then stays
         engine.predict(small, score_threshold=SCORE_THRESHOLD, max_detections=100)
+    settings = {"score_threshold": SCORE_THRESHOLD, "max_detections": 100}
+
+    def render(image, det, fmt: str) -> bytes:
+        return encode_image(render_detections(image, det), fmt, overwrite=True)
+
     photo = photo_of_size(h, w)
     upload = jpeg_bytes(photo)
-    predict = lambda: engine.predict(photo, score_threshold=SCORE_THRESHOLD, max_detections=100)  # noqa: E731
-    predict()  # this size's first request (its resize plan is built once per size)
+    engine.predict(photo, **settings)  # this size's first request (its resize plan is built once per size)
     times, stages = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        detections = predict()
-        times.append(time.perf_counter() - start)
+        seconds, detections = timed(engine.predict, photo, **settings)
+        times.append(seconds)
         stages.append(detections.timings)
-    paste_s, _ = timed(lambda: [crop.mask.shape for crop in detections.mask_crops])
-    render_jpeg_s, answer = timed(lambda: encode_image(render_detections(photo, detections), "jpeg", overwrite=True))
-    render_png_s, _ = timed(lambda: encode_image(render_detections(photo, detections), "png", overwrite=True))
-    json_s, body = timed(lambda: json.dumps(detections_to_json(detections, RequestOptions(include=frozenset({"masks"})))))
-    decode_s = {kind: round(timed(lambda data=data: decode_image(data), 3)[0], 4)
+    paste_s, _ = timed(lambda det: [crop.mask.shape for crop in det.mask_crops], detections)
+    render_jpeg_s, answer = timed(render, photo, detections, "jpeg")
+    render_png_s, _ = timed(render, photo, detections, "png")
+    json_s, body = timed(lambda det: json.dumps(detections_to_json(det, RequestOptions(include=frozenset({"masks"})))),
+                         detections)
+    decode_s = {kind: round(median_s(lambda data=data: decode_image(data), 3)[0], 4)
                 for kind, data in decode_kinds(photo).items()}
     count = len(detections)
     del detections, answer, body
 
     def whole_request():  # as the server runs one: decode the upload, predict, JPEG answer
         image = decode_image(upload)
-        det = engine.predict(image, score_threshold=SCORE_THRESHOLD, max_detections=100)
-        return encode_image(render_detections(image, det), "jpeg", overwrite=True)
+        return render(image, engine.predict(image, **settings), "jpeg")
 
     del photo
     whole_request()
@@ -178,20 +143,22 @@ def post(port: int, body: bytes, answer: str) -> tuple[float, int, int]:
     accept, attributes = ANSWERS[answer]
     attributes = {**attributes, "score_threshold": SCORE_THRESHOLD, "max_detections": 100}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    start = time.perf_counter()
-    conn.request("POST", "/invocations", body=body,
-                 headers={"Content-Type": "image/jpeg", "Accept": accept, CA: json.dumps(attributes)})
-    resp = conn.getresponse()
-    data = resp.read()
-    elapsed = time.perf_counter() - start
+
+    def call():
+        conn.request("POST", "/invocations", body=body,
+                     headers={"Content-Type": "image/jpeg", "Accept": accept, CA: json.dumps(attributes)})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+    elapsed, (status, data) = timed(call)
     conn.close()
-    return elapsed, resp.status, len(data)
+    return elapsed, status, len(data)
 
 
 def measure_server(model_dir: str, runs: int, requests: int) -> dict:
     """The real `serve` process: latency per size and answer, and RSS over many large requests."""
-    proc, port = start_server(serve_command(model_dir), Path(tempfile.mkdtemp(prefix="large-photos-serve-")) / "serve.log")
-    pid = str(proc.pid)
+    server = started_server(model_dir, Path(tempfile.mkdtemp(prefix="large-photos-serve-")) / "serve.log")
+    port = server.port
     try:
         bodies = {label: jpeg_bytes(photo_of_size(*SIZES[label])) for label in SERVER_SIZES}
         for _ in range(3):
@@ -212,12 +179,11 @@ def measure_server(model_dir: str, runs: int, requests: int) -> dict:
         for i in range(requests):
             _, status, _ = post(port, bodies[SERVER_SIZES[1]], answers[i % len(answers)])
             assert status == 200, status
-            rss.append(round(rss_mb(pid), 1))
+            rss.append(round(rss_mb(server.pid), 1))
         return {"latency": latency, "requests": requests, "rss_after_first_mb": rss[0], "rss_after_last_mb": rss[-1],
                 "rss_max_between_requests_mb": max(rss), "growth_first_to_last": round(rss[-1] / rss[0] - 1, 4)}
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server.stop(60)
 
 
 def main(argv=None) -> int:

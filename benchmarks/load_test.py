@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -27,15 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import free_port, benchmark_photo_jpeg  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+from harness.photos import benchmark_photo_jpeg  # noqa: E402
+from harness.proc import rss_mb  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers=None, timeout=120.0):
@@ -48,20 +42,6 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         conn.close()
 
 
-def wait_ready(port: int, proc, deadline_s: float = 300.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if request(port, "GET", "/ping", timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server not ready")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -70,13 +50,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = parser.parse_args(argv)
 
-    port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log = open(ROOT / "benchmarks" / "results" / "load_test.server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--model-dir", str(args.model_dir), "--port", str(port),
-                             "--host", "127.0.0.1", "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    server = started_server(None, ROOT / "benchmarks" / "results" / "load_test.server.log",
+                            command=[sys.executable, "-m", "server"], extra_env={"PYTHONUNBUFFERED": "1"},
+                            args=["--model-dir", str(args.model_dir), "--log-level", "WARNING"])
+    port = server.port
     try:
-        wait_ready(port, proc)
         body = benchmark_photo_jpeg()
         headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
         sequential = []
@@ -108,18 +86,19 @@ def main(argv=None) -> int:
                     key = "ok" if status == 200 else "busy" if status == 503 else "error"
                     done[key] += 1
                     if sum(done.values()) == 20:
-                        memory["after_20_mib"] = rss_mib(proc.pid)
+                        memory["after_20_mib"] = rss_mb(server.pid)
                     if status == 503:
                         time.sleep(0.5)
 
         def pinger():
-            while not stop.is_set():
-                start = time.perf_counter()
+            def ping() -> int:
                 try:
-                    status = request(port, "GET", "/ping", timeout=5)[0]
+                    return request(port, "GET", "/ping", timeout=5)[0]
                 except OSError:
-                    status = -1
-                pings.append((time.perf_counter() - start, status))
+                    return -1
+
+            while not stop.is_set():
+                pings.append(timed(ping))  # (seconds, status)
                 stop.wait(0.25)
 
         ping_thread = threading.Thread(target=pinger, daemon=True)
@@ -133,11 +112,9 @@ def main(argv=None) -> int:
         elapsed = time.perf_counter() - start
         stop.set()
         ping_thread.join()
-        memory["after_all_mib"] = rss_mib(proc.pid)
+        memory["after_all_mib"] = rss_mb(server.pid)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        server.stop(60)
 
     ping_s = np.array([p[0] for p in pings])
     throughput = done["ok"] / elapsed
@@ -154,7 +131,7 @@ def main(argv=None) -> int:
                  "non_200": sum(1 for _, s in pings if s != 200)},
         "memory_mib": {k: round(v, 1) for k, v in memory.items()},
         "memory_growth": round(memory["after_all_mib"] / memory["after_20_mib"] - 1.0, 4) if "after_20_mib" in memory else None,
-        "server_exit_code": proc.returncode,
+        "server_exit_code": server.proc.returncode,
     }
     write_results(report, args.output)
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -28,17 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import random_r50_model_dir, serve_command, skimage_photo, start_server  # noqa: E402
-from benchmarks.large_photos import jpeg_bytes, photo_of_size  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.model_dirs import random_r50_model_dir  # noqa: E402
+from harness.photos import jpeg_bytes, photo_of_size, skimage_photo  # noqa: E402
+from harness.proc import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
+from harness.server import started_server  # noqa: E402
 
 QUEUE_SIZE = 8  # the server's default MASKRCNN_QUEUE_SIZE
 CA = "X-Amzn-SageMaker-Custom-Attributes"
-
-
-def proc_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def invoke(port: int, body: bytes, accept: str, attrs: dict) -> tuple[int, str]:
@@ -54,19 +50,19 @@ def invoke(port: int, body: bytes, accept: str, attrs: dict) -> tuple[int, str]:
 def run_config(model_dir: str, workers: int, budget_mb: int, large: bytes, small: bytes) -> dict:
     # a long inference timeout: every admitted request is answered (nine 40 MP PNG answers
     # one after another pass SageMaker's 60 s; their memory is what is measured)
-    os.environ.update({"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MASKRCNN_QUEUE_SIZE": str(QUEUE_SIZE),
-                       "MASKRCNN_MEMORY_BUDGET_MB": str(budget_mb), "SAGEMAKER_MODEL_SERVER_TIMEOUT": "600"})
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "MASKRCNN_QUEUE_SIZE": str(QUEUE_SIZE),
+           "MASKRCNN_MEMORY_BUDGET_MB": str(budget_mb), "SAGEMAKER_MODEL_SERVER_TIMEOUT": "600"}
     log_path = Path(tempfile.mkdtemp(prefix="memory-budget-")) / "server.log"
-    proc, port = start_server(serve_command(model_dir), log_path)
+    server = started_server(model_dir, log_path, extra_env=env)
+    port = server.port
     try:
         ready = next(json.loads(line) for line in log_path.read_text().splitlines()
                      if line.startswith("{") and json.loads(line)["message"] == "model ready")
         attrs = {"score_threshold": 0.05, "max_detections": 100}
         for accept in ("application/json", "image/png", "image/png"):
             assert invoke(port, small, accept, attrs)[0] == 200
-        idle_mb = proc_kb(proc.pid, "VmRSS") / 1024
-        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-            f.write("5")
+        idle_mb = rss_mb(server.pid)
+        reset_peak_rss(server.pid)
         results: list[tuple[int, str]] = []
         count = workers + QUEUE_SIZE + 2
         start = time.perf_counter()
@@ -78,13 +74,12 @@ def run_config(model_dir: str, workers: int, budget_mb: int, large: bytes, small
         for t in clients:
             t.join()
         queue_s = time.perf_counter() - start
-        queue_peak_mb = proc_kb(proc.pid, "VmHWM") / 1024
+        queue_peak_mb = peak_rss_mb(server.pid)
         status, _ = invoke(port, small, "image/png", {"score_threshold": 0.0, "max_detections": 1000})
-        many_peak_mb = proc_kb(proc.pid, "VmHWM") / 1024
-        after_mb = proc_kb(proc.pid, "VmRSS") / 1024
+        many_peak_mb = peak_rss_mb(server.pid)
+        after_mb = rss_mb(server.pid)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        server.stop(60)
     statuses = sorted(s for s, _ in results)
     refused = sorted({e.split(";")[0] for s, e in results if s == 503})
     row = {"workers": workers, "budget_mb": budget_mb, "inference_mb_at_warm_up": ready.get("inference_mb"),

@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import benchmark_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.photos import benchmark_photo  # noqa: E402
+from harness.timing import median_s, timed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,12 +53,8 @@ def main(argv=None) -> int:
         export(set_resize_rule(random_model("maskrcnn_resnet50_fpn", seed=0), size), work / f"r50-{size}", coco_class_names(), quiet=True)
         engine = Engine.load(work / f"r50-{size}")
         engine.predict(photo)
-        times = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            engine.predict(photo, score_threshold=0.05, max_detections=10)
-            times.append(time.perf_counter() - start)
-        r50.append({"min_size": size, "backend": engine.backend_name, "precision": engine.precision, "median_s": round(float(np.median(times)), 4)})
+        seconds, _ = median_s(lambda: engine.predict(photo, score_threshold=0.05, max_detections=10), args.runs)
+        r50.append({"min_size": size, "backend": engine.backend_name, "precision": engine.precision, "median_s": round(seconds, 4)})
         print(r50[-1], file=sys.stderr)
 
     scenes = held_out_scenes(300)
@@ -80,9 +74,8 @@ def main(argv=None) -> int:
             config["transform"].update(min_size=size, max_size=round(old_max * size / old_min))
             (target / "model.json").write_text(json.dumps(config, indent=2) + "\n")
         engine = Engine.load(work / f"demo-{size}")
-        start = time.perf_counter()
-        figures = evaluate(engine_predictor(engine), scenes)
-        demo.append({"min_size": size, "ms_per_scene": round((time.perf_counter() - start) / len(scenes) * 1000, 1),
+        seconds, figures = timed(evaluate, engine_predictor(engine), scenes)
+        demo.append({"min_size": size, "ms_per_scene": round(seconds / len(scenes) * 1000, 1),
                      "bbox_AP": round(figures["bbox"]["AP"], 3), "segm_AP": round(figures["segm"]["AP"], 3),
                      "segm_AP50": round(figures["segm"]["AP50"], 3)})
         print(demo[-1], file=sys.stderr)

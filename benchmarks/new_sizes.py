@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import random_r50_model_dir, skimage_photo  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.model_dirs import random_r50_model_dir  # noqa: E402
+from harness.photos import skimage_photo  # noqa: E402
+from harness.timing import repeat, timed  # noqa: E402
 
 # (width, height) of the photos: landscape, portrait, square, wide, tall, small; each gives
 # another padded network input under the 800/1333 rule
@@ -48,18 +49,13 @@ def main() -> int:
     report = {"model": args.model_dir or "R50-FPN v1, random weights (seed 0)", "backends": {}}
     for backend in args.backends:
         engine = Engine.load(model_dir, backend=backend)
-        start = time.perf_counter()
-        engine.warmup()
-        warmup_s = time.perf_counter() - start
+        warmup_s, _ = timed(engine.warmup)
         rows = []
         for w, h in SIZES:
             image = np.ascontiguousarray(cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA))
             padded = engine.transform(image).tensor.shape[2:]
-            times = []
-            for _ in range(1 + args.repeats):
-                start = time.perf_counter()
-                engine.predict(image, score_threshold=0.05, max_detections=10)
-                times.append((time.perf_counter() - start) * 1e3)
+            times = [s * 1e3 for s in repeat(lambda: engine.predict(image, score_threshold=0.05, max_detections=10),
+                                             1 + args.repeats)[0]]
             steady = float(np.median(times[1:]))
             rows.append({"photo": f"{w}x{h}", "network_input": list(padded), "first_ms": round(times[0]),
                          "repeated_ms": round(steady), "ratio": round(times[0] / steady, 2)})

@@ -34,15 +34,16 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.inputs import benchmark_photo_jpeg, serve_command, start_server  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from harness.photos import benchmark_photo_jpeg  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.timing import median_s, timed  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
 BUDGET_MS = {"application/json": 10.0, "image/jpeg": 40.0}
@@ -89,14 +90,13 @@ def summarise(samples: list[tuple[float, float, int]]) -> dict:
     }
 
 
-def measure(call, repeats: int, warmup: int = 2) -> dict:
+def measure_overhead(call, repeats: int, warmup: int = 2) -> dict:
     """Alternating JSON and JPEG requests; per response type, a summary of the samples."""
     samples = {kind: [] for kind in KINDS}
     for i in range(warmup + repeats):
         for kind, accept in KINDS.items():
-            start = time.perf_counter()
-            status, headers = call(accept)
-            latency = (time.perf_counter() - start) * 1e3
+            seconds, (status, headers) = timed(call, accept)
+            latency = seconds * 1e3
             if status != 200:
                 raise RuntimeError(f"request failed with {status}")
             meta = json.loads(headers[CA])
@@ -117,14 +117,15 @@ def in_process(engine, body: bytes, repeats: int) -> dict:
                                     headers={"Content-Type": "image/jpeg", "Accept": accept})
         return resp.status_code, resp.headers
 
-    return measure(call, repeats)
+    return measure_overhead(call, repeats)
 
 
-def over_http(command: list[str], body: bytes, repeats: int, log_path: Path) -> dict:
-    """Start a server process, wait for /ping 200 (with a deadline), measure, SIGTERM it."""
-    proc, port = start_server(command, log_path)
+def over_http(server: dict, body: bytes, repeats: int, log_path: Path) -> dict:
+    """Start a server process (harness.server.ServerProcess's arguments in `server`), wait for
+    /ping 200 (with a deadline), measure, SIGTERM it."""
+    process = started_server(log_path=log_path, **server)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # kept alive
+        conn = http.client.HTTPConnection("127.0.0.1", process.port, timeout=120)  # kept alive
 
         def call(accept):
             conn.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg", "Accept": accept})
@@ -132,13 +133,12 @@ def over_http(command: list[str], body: bytes, repeats: int, log_path: Path) -> 
             resp.read()
             return resp.status, resp.headers
 
-        return measure(call, repeats)
+        return measure_overhead(call, repeats)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        process.stop(60)
 
 
-def replay_server(model_dir: Path, port: int) -> None:
+def replay_server(model_dir: Path, host: str, port: int) -> None:
     """The server process for the replay engine: the real app on waitress, as `serve` runs it."""
     import waitress
 
@@ -147,7 +147,7 @@ def replay_server(model_dir: Path, port: int) -> None:
 
     config = ServerConfig()
     app = create_app(load(model_dir, "replay", benchmark_photo_jpeg()), config)
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=config.http_threads)
+    server = waitress.create_server(app, host=host, port=port, threads=config.http_threads)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     serve_until(server, stop)
@@ -163,21 +163,16 @@ def step_costs(engine, body: bytes, repeats: int = 30) -> dict:
     image = decode_image(body)
     det = engine.predict(image)
 
-    def timed(fn):
-        times = []
-        for _ in range(repeats + 2):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return round(statistics.median(times[2:]), 2)
+    def ms(fn) -> float:
+        return round(median_s(fn, repeats, warmup=2)[0] * 1e3, 2)
 
     rendered = render_detections(image, det)
     return {
-        "probe_header": timed(lambda: probe_image(body)),
-        "decode_jpeg": timed(lambda: decode_image(body)),
-        "json_body": timed(lambda: json.dumps(detections_to_json(det, RequestOptions())).encode()),
-        "render": timed(lambda: render_detections(image, det)),
-        "encode_jpeg_q90": timed(lambda: encode_image(rendered, "jpeg", 90)),
+        "probe_header": ms(lambda: probe_image(body)),
+        "decode_jpeg": ms(lambda: decode_image(body)),
+        "json_body": ms(lambda: json.dumps(detections_to_json(det, RequestOptions())).encode()),
+        "render": ms(lambda: render_detections(image, det)),
+        "encode_jpeg_q90": ms(lambda: encode_image(rendered, "jpeg", 90)),
         "detections": len(det.scores),
     }
 
@@ -192,20 +187,23 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "server_overhead.json")
     parser.add_argument("--replay-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
         parser.error(f"model directory {args.model_dir} does not exist")
     if args.replay_server:
-        replay_server(args.model_dir, args.port)
+        replay_server(args.model_dir, args.host, args.port)
         return 0
 
     body = benchmark_photo_jpeg()
     load_before = os.getloadavg()
     print(f"640x480 photo, {len(body)} bytes JPEG; model {args.model_dir}; load average {load_before}",
           file=sys.stderr)
-    commands = {
-        "real": serve_command(args.model_dir),
-        "replay": [sys.executable, str(Path(__file__).resolve()), "--replay-server", "--model-dir", str(args.model_dir)],
+    servers = {  # ServerProcess's arguments: the real `serve`, or this script's replay server
+        "real": {"model_dir": args.model_dir},
+        "replay": {"model_dir": None, "args": [],
+                   "command": [sys.executable, str(Path(__file__).resolve()), "--replay-server",
+                               "--model-dir", str(args.model_dir)]},
     }
     results, steps = {}, None
     with tempfile.TemporaryDirectory() as logs:
@@ -215,7 +213,7 @@ def main(argv=None) -> int:
                 steps = step_costs(engine, body)
             results[("in-process", engine_kind)] = in_process(engine, body, repeats)
             del engine  # free its threads and memory before the server process starts
-            results[("waitress", engine_kind)] = over_http(commands[engine_kind], body, repeats,
+            results[("waitress", engine_kind)] = over_http(servers[engine_kind], body, repeats,
                                                            Path(logs) / f"{engine_kind}.log")
     load_after = os.getloadavg()
 

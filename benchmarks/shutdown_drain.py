@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import benchmark_photo_jpeg, random_r50_model_dir, serve_command, start_server  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.model_dirs import random_r50_model_dir  # noqa: E402
+from harness.photos import benchmark_photo_jpeg  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 QUEUE_SIZE = 8  # the server's default: one worker, eight waiting
 
@@ -57,13 +59,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model_dir = args.model_dir or random_r50_model_dir("drain-")
     body = benchmark_photo_jpeg()
-    proc, port = start_server(serve_command(model_dir), Path(tempfile.mkdtemp(prefix="drain-")) / "serve.log")
+    server = started_server(model_dir, Path(tempfile.mkdtemp(prefix="drain-")) / "serve.log")
+    port = server.port
     neighbours = []
     results, lock = [], threading.Lock()
     try:
-        single = time.perf_counter()
-        invoke(port, body)
-        single = time.perf_counter() - single
+        single, _ = timed(invoke, port, body)
         neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.neighbours)]
         began = time.monotonic()
 
@@ -77,17 +78,15 @@ def main(argv=None) -> int:
             t.start()
         while sum(r[0] == 503 for r in results) < args.extra:  # the rest are admitted
             time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        code = proc.wait(60)
+        code = server.stop(60)  # SIGTERM, then its exit
         exited_after = time.monotonic() - signalled
         for t in clients:
             t.join(60)
     finally:
         for neighbour in neighbours:
             neighbour.kill()
-        if proc.poll() is None:
-            proc.kill()
+        server.kill()
     since_signal = signalled - began
     answers = [{"status": status, "retry_after": retry, "error": error[:120],
                 "after_sigterm_s": round(at - since_signal, 2)} for status, retry, error, at in sorted(results, key=lambda r: r[3])]

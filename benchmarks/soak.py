@@ -29,9 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.inputs import benchmark_photo_jpeg, random_r50_model_dir, serve_command, start_server  # noqa: E402
-from benchmarks.large_photos import rss_mb  # noqa: E402
 from benchmarks.machine import write_results  # noqa: E402
+from harness.model_dirs import random_r50_model_dir  # noqa: E402
+from harness.photos import benchmark_photo_jpeg  # noqa: E402
+from harness.proc import rss_mb  # noqa: E402
+from harness.server import started_server  # noqa: E402
+from harness.timing import timed  # noqa: E402
 
 CA = "X-Amzn-SageMaker-Custom-Attributes"
 
@@ -54,12 +57,16 @@ def request_mix(photo: bytes) -> list[tuple[str, dict, bytes, int]]:
 
 def call(port: int, method: str, path: str, body=None, headers=None, timeout: float = 120) -> tuple[int, float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    start = time.perf_counter()
-    try:
+
+    def exchange() -> int:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         resp.read()
-        return resp.status, time.perf_counter() - start
+        return resp.status
+
+    try:
+        seconds, status = timed(exchange)
+        return status, seconds
     finally:
         conn.close()
 
@@ -72,7 +79,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or random_r50_model_dir("soak-")
-    proc, port = start_server(serve_command(model_dir), Path(tempfile.mkdtemp(prefix="soak-serve-")) / "serve.log")
+    server = started_server(model_dir, Path(tempfile.mkdtemp(prefix="soak-serve-")) / "serve.log")
+    port = server.port
     try:
         mix = request_mix(benchmark_photo_jpeg())
         for _, headers, body, _ in mix:  # warm every path once
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
 
         def sampler():
             while time.monotonic() < end:
-                memory.append((round(time.monotonic() - start, 1), round(rss_mb(str(proc.pid)), 1)))
+                memory.append((round(time.monotonic() - start, 1), round(rss_mb(server.pid), 1)))
                 time.sleep(10)
 
         threads = [threading.Thread(target=client, args=(k * 2,)) for k in range(args.clients)]
@@ -113,10 +121,9 @@ def main(argv=None) -> int:
             t.start()
         for t in threads:
             t.join()
-        memory.append((round(time.monotonic() - start, 1), round(rss_mb(str(proc.pid)), 1)))
+        memory.append((round(time.monotonic() - start, 1), round(rss_mb(server.pid), 1)))
     finally:
-        proc.terminate()
-        proc.wait(60)
+        server.stop(60)
 
     warmup_s = min(300.0, args.minutes * 60 / 5)
     after = [mb for t, mb in memory[:-1] if t >= warmup_s]  # under load; the last sample is after it

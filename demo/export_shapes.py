@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask-paste", default="aligned", choices=["aligned", "torchvision"],
                    help="how the engine pastes masks (default %(default)s; see engine/masks.py)")
     args = p.parse_args(argv)
+    from exporter.progress import show_progress
+
+    show_progress()  # the exporter's progress lines on stderr
     out = export_shapes_model(args.checkpoint, args.output, mask_paste=args.mask_paste)
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
     print(f"{out}: {size / 1e6:.2f} MB")

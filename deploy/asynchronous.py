@@ -10,6 +10,8 @@ for a worker), so the async Model raises them through its environment.
 
 from __future__ import annotations
 
+from engine import environment as container_env
+
 MIB = 1024 * 1024
 # The server holds a whole request body in memory before it decodes the image, so its body
 # limit is a memory bound per request, not SageMaker's 1 GB: this admits the JPEG or PNG of
@@ -37,11 +39,11 @@ def environment(max_concurrency: int | None = None) -> dict[str, str]:
     """The async Model's container environment (strings, as the API wants them). With
     `max_concurrency`, the server's queue holds every request SageMaker may hand it at once
     (the one running included), so none of them is refused 503 and written as a failure."""
-    env = {"MASKRCNN_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-           "MASKRCNN_MAX_MEGAPIXELS": str(MAX_MEGAPIXELS),
-           "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(SERVER_TIMEOUT_S)}
+    env = {container_env.MASKRCNN_MAX_BODY_BYTES: str(MAX_BODY_BYTES),
+           container_env.MASKRCNN_MAX_MEGAPIXELS: str(MAX_MEGAPIXELS),
+           container_env.SAGEMAKER_MODEL_SERVER_TIMEOUT: str(SERVER_TIMEOUT_S)}
     if max_concurrency is not None and max_concurrency > SERVER_QUEUE_SIZE:
-        env["MASKRCNN_QUEUE_SIZE"] = str(max_concurrency)
+        env[container_env.MASKRCNN_QUEUE_SIZE] = str(max_concurrency)
     return env
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from engine.environment import SAGEMAKER_MULTI_MODEL
+
 from .errors import DeployError
 
 SINGLE_MODEL = "SingleModel"  # what SageMaker assumes when a container names no Mode
 MULTI_MODEL = "MultiModel"
 # A container in multi-model mode starts with no model and loads them through POST /models;
 # the variable is how the container learns it (AWS's own inference containers read it too).
-MULTI_MODEL_ENVIRONMENT = {"SAGEMAKER_MULTI_MODEL": "true"}
+MULTI_MODEL_ENVIRONMENT = {SAGEMAKER_MULTI_MODEL: "true"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from engine.model_dir import ModelDir
+    from engine.model_directory.directory import ModelDir
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z; GNU tar calls mtime 0 "implausibly old"
 SKIPPED_DIRS = frozenset({"__pycache__"})
@@ -52,7 +52,7 @@ def check_model_dir(model_dir) -> ModelDir:
     """The engine's own check (model.json, every graph present, sha256s), or InputError."""
     # engine's package imports numpy and OpenCV; only `package` and `deploy --model-dir` pay that
     from engine.errors import ModelDirError
-    from engine.model_dir import ModelDir
+    from engine.model_directory.directory import ModelDir
 
     try:
         return ModelDir.open(model_dir, verify_checksums=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.model_dir import sha256_of
+from engine.model_directory.directory import sha256_of
 
 # User metadata on every package the tool uploads: the tarball's sha256, so that a later
 # deployment can tell whether an object already holds the same package without

@@ -5,7 +5,7 @@ from .detections import Detections
 from .engine import Engine
 from .errors import BackendUnavailableError, EngineError, ImageDecodeError, ModelDirError
 from .image_io import ImageInfo, decode_image, probe_image
-from .model_config import ModelConfig
+from .model_directory.config import ModelConfig
 
 __all__ = [
     "Engine",

@@ -7,9 +7,9 @@
 
 Without --model-dir, `predict` uses the same model as `serve`: $SM_MODEL_DIR, else
 /opt/ml/model, else the bundled demo model; it says which on stderr. `--model coco-v1` is
-`serve --model coco-v1`'s model directory (built on first use, see engine.named_models).
+`serve --model coco-v1`'s model directory (built on first use, see the `provision` package).
 `info` says what a model directory holds (classes, resize rule, RPN and head settings,
-precision, provenance) from its model.json, without loading a graph (engine.model_info).
+precision, provenance) from its model.json, without loading a graph (engine.model_directory.info).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pathlib import Path
 
 from . import Engine, EngineError, decode_image
 from .detections import format_label
-from .backends import PRECISIONS, available_backends, backend_precisions, choose_backend
-from .model_defaults import DEFAULT_MODEL_DIR, ModelDirChoice, choose_model_dir, demo_notice
-from .named_models import NAMED_MODELS, ensure_named_model
+from .backends import (AUTO_BACKEND, BACKEND_CHOICES, PRECISIONS, available_backends, backend_precisions,
+                       choose_backend)
+from .model_directory.defaults import DEFAULT_MODEL_DIR, ModelDirChoice, choose_model_dir, demo_notice
+from .model_directory.directory import ModelDir
+from .model_directory.named import NAMED_MODELS
 
 
 def detections_json(detections) -> dict:
@@ -43,6 +45,8 @@ def cmd_predict(args) -> int:
     from .render import encode_image, render_detections
 
     if args.model:
+        from provision import ensure_named_model  # the provisioning layer: built on first use
+
         choice = ModelDirChoice(ensure_named_model(args.model, args.weights, os.environ), f"--model {args.model}", demo=False)
     else:
         choice = choose_model_dir(args.model_dir, os.environ)
@@ -66,7 +70,6 @@ def int8_report(status: dict, model_dir=None) -> str:
     """Lines saying whether each CPU runtime's INT8 arithmetic is exact here (engine.int8_arithmetic)
     and, for an INT8 model directory, what each CPU backend does with its weights."""
     from . import int8_arithmetic
-    from .model_dir import ModelDir
 
     runtimes = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino"}
     lines = [f"INT8 on {runtime}: {int8_arithmetic.describe(runtime)}"
@@ -98,8 +101,7 @@ def cmd_backends(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .model_dir import ModelDir
-    from .model_info import describe, model_info
+    from .model_directory.info import describe, model_info
 
     info = model_info(ModelDir.open(args.model_dir))  # checks the files and their sha256, as Engine.load does
     if args.json:
@@ -125,8 +127,9 @@ def main(argv=None) -> int:
     predict.add_argument("--out", type=Path, help="write the segmented image here (.jpg or .png)")
     predict.add_argument("--score-threshold", type=float, default=0.5)
     predict.add_argument("--max-detections", type=int, default=100)
-    predict.add_argument("--backend", default="auto")
-    predict.add_argument("--threads", type=int, help="CPU inference threads (default: every usable core)")
+    predict.add_argument("--backend", default=AUTO_BACKEND, choices=BACKEND_CHOICES,
+                         help=f"inference backend (default {AUTO_BACKEND}: the first that can run here)")
+    predict.add_argument("--threads", type=int, help="inference threads (default: every usable core)")
     predict.add_argument("--precision", choices=PRECISIONS,
                          help="default: the backend's here (bf16 for openvino on a CPU with BF16 instructions, "
                               "else fp32)")

@@ -1,5 +1,5 @@
 """RPN anchors, laid out as torchvision's AnchorGenerator or detectron2's DefaultAnchorGenerator
-does it (model.json's rpn section says which conventions: see engine.model_config.RpnConfig)."""
+does it (model.json's rpn section says which conventions: see engine.model_directory.config.RpnConfig)."""
 
 from __future__ import annotations
 

@@ -20,21 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import AUTO_BACKEND, create_backend
 from .backends.base import Backend, DenseOutputs
-from .detect import select_detections, split_by_level
+from .box_ops import clip_boxes, remove_small_boxes
 from .detections import Detections
 from .masks import PastedMasks
-from .model_defaults import is_demo_model
-from .model_dir import ModelDir
-from .box_ops import clip_boxes, remove_small_boxes
+from .model_directory.defaults import is_demo_model
+from .model_directory.directory import ModelDir
 from .preprocess import PreparedImage, preprocess, preprocess_shortest_edge, validate_image
 from .proposals import select_proposals
+from .roi_heads import select_detections, split_by_level
 
 log = logging.getLogger(__name__)
 
 # The server's default max_detections, and the most detections the CPU backend's mask head
-# runs at once (OnnxRuntimeCpuBackend.MASK_HEAD_ROWS_PER_RUN): what warm-up exercises.
+# runs at once (backends.onnxruntime_common.CPU_MASK_HEAD_ROWS_PER_RUN): what warm-up exercises.
 WARMUP_DETECTIONS = 100
 
 
@@ -64,7 +64,7 @@ class Engine:
         return self.backend.precision
 
     @classmethod
-    def load(cls, model_dir, backend: str = "auto", threads: int | None = None, cuda_tf32: bool = False,
+    def load(cls, model_dir, backend: str = AUTO_BACKEND, threads: int | None = None, cuda_tf32: bool = False,
              precision: str | None = None) -> "Engine":
         """Open and check `model_dir` (model.json + graphs) and start the backend (see
         engine.backends.create_backend for `threads`, `cuda_tf32` and `precision`: None or

@@ -15,7 +15,7 @@ import numpy as np
 
 from .anchors import level_anchors
 from .box_ops import batched_nms, clip_boxes, decode_boxes, remove_small_boxes
-from .model_config import RpnConfig
+from .model_directory.config import RpnConfig
 from .torch_kernels import sigmoid, topk_indices
 
 

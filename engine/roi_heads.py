@@ -11,8 +11,7 @@ import numpy as np
 
 from .backends.base import FILLER_BOX
 from .box_ops import batched_nms, clip_boxes, decode_boxes, remove_small_boxes
-from .model_config import BoxHeadConfig, RoIPoolConfig
-
+from .model_directory.config import BoxHeadConfig, RoIPoolConfig
 
 
 def assign_levels(boxes: np.ndarray, pool: RoIPoolConfig) -> np.ndarray:

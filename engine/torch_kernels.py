@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import native
+from .environment import ATEN_CPU_CAPABILITY
 
 _LIBRARY = "_torch_kernels"  # setup.py's Extension("engine._torch_kernels")
 _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
@@ -56,7 +57,7 @@ def available() -> bool:
 def aten_cpu_capability() -> str:
     """The kernel family torch picks on this CPU: "avx512", "avx2" or "default"
     (ATEN_CPU_CAPABILITY overrides it, as it does for torch)."""
-    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    forced = os.environ.get(ATEN_CPU_CAPABILITY, "").lower()
     if forced in _SIGMOID_BLOCKS:
         return forced
     try:

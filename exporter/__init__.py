@@ -5,7 +5,8 @@ tensorrt and numpy, so this package also imports where torch is absent (the GPU 
 then `export` is simply missing.
 """
 
-from engine.model_dir import MODEL_FORMAT, sha256_of
+from engine.model_directory.config import MODEL_FORMAT
+from engine.model_directory.directory import sha256_of
 
 try:
     from .export import FORBIDDEN_OPS, export

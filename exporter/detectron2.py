@@ -19,9 +19,9 @@ restricted unpickler that builds numpy arrays and nothing else) or a training ou
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ from .detectron2_config import RESNET_STAGES, Detectron2Config, read_detectron2_
 MARKER_KEY = "proposal_generator.rpn_head.objectness_logits.weight"
 BACKGROUND = "__background__"
 RESNET_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+log = logging.getLogger(__name__)
 
 
 class BoxHead(nn.Module):
@@ -160,7 +162,7 @@ def build_model(cfg: Detectron2Config):
 
 def conventions(cfg: Detectron2Config) -> dict[str, dict]:
     """model.json fields, per section, where detectron2's DefaultPredictor differs from
-    torchvision's eval path (see engine.model_config for what each means)."""
+    torchvision's eval path (see engine.model_directory.config for what each means)."""
     strides = [2 ** int(name[1:]) for name in cfg.rpn_in_features]
     pool = {"level_epsilon": 1e-8, "level_epsilon_in_log": True}
     return {
@@ -328,15 +330,15 @@ def export_detectron2(config_path, weights_path, output_dir, class_names: list[s
     """Convert a detectron2 Mask R-CNN (YAML config + weights) into the model directory
     `output_dir`; INT8 graphs when `int8_images` (calibration photos) are given.
     export_options go to exporter.export (name, overwrite, weight_bits with INT8)."""
-    from engine.model_dir import sha256_of
+    from engine.model_directory.directory import sha256_of
 
     from .export import export
 
     cfg = read_detectron2_config(config_path)
     names, made_up = class_names_for(cfg, class_names)
-    if made_up and not quiet:
-        print(f"no --class-names: the {cfg.num_classes} classes are named class_1..class_{cfg.num_classes}",
-              file=sys.stderr)
+    if made_up:
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "no --class-names: the %d classes are named class_1..class_%d", cfg.num_classes, cfg.num_classes)
     model, layout = load_model(cfg, weights_path, weights_key)
     info = {"source": "file", "framework": "detectron2", "backbone": backbone_name(cfg), "path": str(weights_path),
             "sha256": sha256_of(Path(weights_path)), "layout": layout, "config": str(config_path), "trained": True}

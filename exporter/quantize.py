@@ -37,18 +37,20 @@ benchmarks/results/FIGURES.md):
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.model_config import GRAPHS, GraphFile, GraphFiles, QuantizationConfig
-from engine.model_dir import ModelDir, sha256_of
+from engine.model_directory.config import GRAPHS, GraphFile, GraphFiles, QuantizationConfig
+from engine.model_directory.directory import ModelDir, sha256_of
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 WEIGHT_BITS = 7  # see the module docstring; 8 is ONNX Runtime's full range (-127..127)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+log = logging.getLogger(__name__)
 
 
 def load_calibration_images(directory: Path, limit: int = 16) -> list[np.ndarray]:
@@ -216,7 +218,9 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
                     weight_bits: int = WEIGHT_BITS) -> QuantizationConfig:
     """Write INT8 versions of fp32_dir's graphs into out_dir (which holds a copy of fp32_dir)
     and update out_dir/model.json. Returns the quantization record stored there.
-    weight_bits: 7 (weights in -64..64, exact on every x86 CPU) or 8 (-127..127)."""
+    weight_bits: 7 (weights in -64..64, exact on every x86 CPU) or 8 (-127..127). Progress:
+    INFO records of this module's logger (DEBUG with quiet; exporter.progress)."""
+    progress = logging.DEBUG if quiet else logging.INFO
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -228,8 +232,7 @@ def quantize_graphs(fp32_dir: Path, out_dir: Path, images: list[np.ndarray], qui
     for key in GRAPHS:
         if not feeds[key]:
             raise ValueError(f"the calibration images gave the {key} graph no input (no proposals or detections)")
-        if not quiet:
-            print(f"quantizing the {key} graph on {len(feeds[key])} calibration inputs...", file=sys.stderr, flush=True)
+        log.log(progress, "quantizing the %s graph on %d calibration inputs...", key, len(feeds[key]))
         target = out_dir / config.graphs[key].file
         source = out_dir / f"{key}.fp32-private-initializers.onnx"
         materialize_shared_initializers(fp32_dir / config.graphs[key].file, source)
@@ -290,6 +293,5 @@ def export_int8(model, output_dir, class_names, calibration_images: list[np.ndar
         staging.rename(output_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not quiet:
-        print(f"INT8 model directory written: {output_dir}", file=sys.stderr)
+    log.log(logging.DEBUG if quiet else logging.INFO, "INT8 model directory written: %s", output_dir)
     return output_dir

@@ -4,12 +4,12 @@ Needs tensorrt, cuda-python and numpy only (never torch), so it runs at containe
 the GPU image:
 
     build_plans(model_dir, "fp16")          dense.fp16.plan, box_head.fp16.plan, mask_head.fp16.plan
-                                            + model.json "tensorrt" (see engine.tensorrt_plans)
+                                            + model.json "tensorrt" (see engine.model_directory.tensorrt_plans)
     writable_copy(read_only_dir, cache_dir) a directory whose graphs are symlinks to the
                                             read-only ones (SageMaker's /opt/ml/model), to
                                             hold the plans
 
-Profiles cover every photo (see engine.tensorrt_plans.profile_shapes); each plan holds
+Profiles cover every photo (see engine.model_directory.tensorrt_plans.profile_shapes); each plan holds
 `slots` identical profiles so that `slots` requests can run at once (one execution context
 per profile). Precision: fp32; fp16 (TensorRT 10's FP16 builder flag: FP16 kernels where
 TensorRT finds them faster, FP32 I/O); int8 (TensorRT 10's entropy calibrator on the dense
@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from engine import cuda_memory
-from engine.model_dir import ModelDir, sha256_of
-from engine.model_config import GRAPHS, PRECISIONS, GraphFile, GraphFiles, TensorRTConfig
-from engine.tensorrt_plans import dense_range, incompatibility, merge_shape, profile_shapes
+from engine.model_directory.directory import ModelDir, sha256_of
+from engine.model_directory.config import GRAPHS, TENSORRT_PRECISIONS as PRECISIONS, GraphFile, GraphFiles, TensorRTConfig
+from engine.model_directory.tensorrt_plans import dense_range, incompatibility, merge_shape, profile_shapes
+
+
+log = logging.getLogger(__name__)
 
 
 class TensorRTBuildError(Exception):
@@ -47,11 +50,6 @@ def environment_reason() -> str | None:
     except Exception as exc:  # libnvinfer missing or broken
         return f"tensorrt cannot be imported ({exc})"
     return cuda_memory.device_reason()
-
-
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def writable_copy(source, target) -> Path:
@@ -146,12 +144,14 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
     """Build the three plans into `model_dir` and record them in its model.json.
 
     Returns model.json's new "tensorrt" section. Raises TensorRTBuildError (one line) when
-    TensorRT, the GPU, the precision or a graph says no.
+    TensorRT, the GPU, the precision or a graph says no. Progress: INFO records of this
+    module's logger (DEBUG with quiet; exporter.progress).
     """
+    progress = logging.DEBUG if quiet else logging.INFO
     if precision not in PRECISIONS:
         raise TensorRTBuildError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8" and not calib_images:
-        raise TensorRTBuildError("--int8 needs --calib-images DIR (photos like the ones you will serve)")
+        raise TensorRTBuildError("--tensorrt-int8-calibration needs --calib-images DIR (photos like the ones you will serve)")
     if slots < 1:
         raise TensorRTBuildError("need at least one profile per plan")
     reason = environment_reason()
@@ -162,12 +162,12 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
     directory = ModelDir.open(model_dir)
     device = cuda_memory.device_info(0)
     if if_missing and _up_to_date(directory, precision, trt.__version__, device):
-        _log(f"TensorRT {precision} plans in {directory.path} are up to date for {device['name']}", quiet)
+        log.log(progress, "TensorRT %s plans in %s are up to date for %s", precision, directory.path, device["name"])
         return directory.tensorrt
     if precision != "fp32" and not hasattr(trt.BuilderFlag, "FP16"):
         raise TensorRTBuildError(
             f"TensorRT {trt.__version__} builds strongly typed networks only (no FP16/INT8 builder flags); "
-            "use TensorRT 10.x for --fp16/--int8, or --fp32")
+            "use TensorRT 10.x for --fp16/--tensorrt-int8-calibration, or --fp32")
 
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
@@ -176,7 +176,7 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
     written: dict[str, GraphFile] = {}
     path = directory.path
     for step, graph in enumerate(GRAPHS, start=1):
-        _log(f"[{step}/3] building the {graph} TensorRT plan ({precision}, {slots} profiles; minutes)...", quiet)
+        log.log(progress, "[%d/3] building the %s TensorRT plan (%s, %d profiles; minutes)...", step, graph, precision, slots)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(directory.graph_path(graph))):
@@ -237,5 +237,5 @@ def build_plans(model_dir, precision: str = "fp16", calib_images=None, slots: in
         stale = path / entry.file
         if entry.file not in {w.file for w in written.values()} and stale.is_file():
             stale.unlink()
-    _log(f"TensorRT {precision} plans for {device['name']} written to {path}", quiet)
+    log.log(progress, "TensorRT %s plans for %s written to %s", precision, device["name"], path)
     return section

@@ -14,8 +14,8 @@ import torch
 
 # torch-free, so `serve --model` and build_engine.py's --help share them: the architectures and
 # backbones, the download probe and its message
-from engine.named_models import (ARCHS, BACKBONES, MOBILENET_BACKBONES, RESNET_BACKBONES, download_hint,
-                                 unreachable_reason, url_file_name)
+from engine.model_directory.named import ARCHS, BACKBONES, MOBILENET_BACKBONES, RESNET_BACKBONES, url_file_name
+from provision.download import download_hint, unreachable_reason
 
 from .checkpoints import read_checkpoint
 from .model_kwargs import maskrcnn_kwargs

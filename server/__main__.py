@@ -1,7 +1,7 @@
 """`serve` / `python -m server`: load the model and serve the SageMaker contract on waitress.
 
     serve [serve] [--model-dir DIR | --model coco-v1 [--weights PATH]] [--host 0.0.0.0] [--port 8080]
-          [--threads N] [--backend auto] [--precision fp32|bf16]
+          [--backend auto] [--precision fp32|bf16] [--threads N] [--http-threads N]
 
 A leading `serve` argument is ignored: SageMaker starts containers as `docker run IMAGE
 serve`, and with `ENTRYPOINT ["serve"]` that word arrives here as the first argument.
@@ -11,8 +11,8 @@ unpacks model.tar.gz). With none of them, the demo model shipped in the `demo` p
 (demo/model: circles, squares and triangles) is served, so a fresh machine works offline.
 `--model coco-v1` (or `coco-v2`; `--coco` is coco-v1) serves torchvision's COCO model instead,
 and `--model detectron2-r50-fpn-3x` (or -r101-fpn-3x, -x101-32x8d-fpn-3x) one of detectron2's
-model-zoo COCO models, built on first use under the cache folder (engine.named_models), before
-the socket opens.
+model-zoo COCO models, built on first use under the cache folder (the `provision` package),
+before the socket opens.
 
 Start-up order matters to SageMaker: the socket is listening at once, /ping answers 503
 while a background thread loads the model and runs one warm-up inference, then 200.
@@ -38,15 +38,19 @@ from pathlib import Path
 
 import waitress
 
+from engine import default_threads
+from engine.backends import BACKEND_CHOICES, PRECISIONS
+from engine.environment import (MASKRCNN_BACKEND, MASKRCNN_HTTP_THREADS, MASKRCNN_PRECISION, MASKRCNN_THREADS,
+                                SAGEMAKER_BIND_TO_PORT, SAGEMAKER_MULTI_MODEL)
 from engine.errors import EngineError, ModelDirError
 # re-exported: `from server.__main__ import bundled_model_dir, resolve_model_dir` keeps working
-from engine.model_defaults import bundled_model_dir, resolve_model_dir  # noqa: F401
-from engine.named_models import NAMED_MODELS, ensure_named_model
-
+from engine.model_directory.defaults import bundled_model_dir, resolve_model_dir  # noqa: F401
+from engine.model_directory.named import NAMED_MODELS
 from engine.render import prepare_thread
+from provision import ensure_named_model
 
 from .app import create_app
-from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, ServerConfig
+from .config import DEFAULT_HOST, DEFAULT_MODEL_DIR, DEFAULT_PORT, SPARE_HTTP_THREADS, ServerConfig
 from .inference import InferenceExecutor
 from .metrics import Metrics
 from .models import EngineSlot, load_engine
@@ -57,11 +61,11 @@ logger = logging.getLogger("server.__main__" if __name__ == "__main__" else __na
 
 def resolve_port(arg: int | None, environ: Mapping[str, str]) -> int:
     """--port, else $SAGEMAKER_BIND_TO_PORT, else 8080."""
-    raw = arg if arg is not None else environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)
+    raw = arg if arg is not None else environ.get(SAGEMAKER_BIND_TO_PORT, DEFAULT_PORT)
     try:
         port = int(raw)
     except ValueError:
-        raise ValueError(f"invalid port {raw!r} (from $SAGEMAKER_BIND_TO_PORT)") from None
+        raise ValueError(f"invalid port {raw!r} (from ${SAGEMAKER_BIND_TO_PORT})") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range")
     return port
@@ -96,20 +100,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="with --model: build from this weights file instead of downloading it "
                              "(torchvision's state_dict, detectron2's model_final .pkl; for machines without network)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, help=f"default: $SAGEMAKER_BIND_TO_PORT, else {DEFAULT_PORT}")
-    parser.add_argument("--threads", type=int,
-                        help="HTTP threads (default: inference workers + queue size + 2, so that "
-                             "/ping always has a free thread)")
-    parser.add_argument("--backend", help="engine backend (default: $MASKRCNN_BACKEND, else auto)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="inference precision (default: $MASKRCNN_PRECISION, else the backend's default here: "
+    parser.add_argument("--port", type=int, help=f"default: ${SAGEMAKER_BIND_TO_PORT}, else {DEFAULT_PORT}")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES,
+                        help=f"inference backend (default: ${MASKRCNN_BACKEND}, else auto: the first that can "
+                             "run here)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"inference precision (default: ${MASKRCNN_PRECISION}, else the backend's default here: "
                              "bf16 for openvino where the CPU has BF16 instructions, else fp32); fp32 matches "
                              "torchvision at the parity tolerances")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help=f"inference threads in all, shared by the inference workers (default: "
+                             f"${MASKRCNN_THREADS}, else every usable core)")
+    parser.add_argument("--http-threads", type=int, metavar="N",
+                        help=f"HTTP threads, more than inference workers + queue size (default: "
+                             f"${MASKRCNN_HTTP_THREADS}, else workers + queue size + {SPARE_HTTP_THREADS}, so that "
+                             "/ping always has a free thread)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.weights and not args.model:
         parser.error("--weights goes with --model (or --coco)")
     return args
+
+
+def server_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerConfig:
+    """The settings from the environment, the flags over them; ValueError naming a bad one.
+
+    `--threads` sets inference threads, as $MASKRCNN_THREADS does; HTTP threads are
+    `--http-threads`. A `--threads` above the usable cores is logged as a warning: it is
+    what someone who meant HTTP threads would give.
+    """
+    config = ServerConfig.from_env(environ)
+    flags = {"backend": args.backend, "precision": args.precision, "threads": args.threads,
+             "requested_http_threads": args.http_threads}
+    try:
+        config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    except ValueError as exc:
+        raise ValueError(f"invalid server setting from the flags: {exc}") from None
+    cores = default_threads()
+    if args.threads is not None and args.threads > cores:
+        logger.warning("--threads %d is more than the %d usable cores: --threads sets inference threads (as $%s); "
+                       "HTTP threads are --http-threads", args.threads, cores, MASKRCNN_THREADS,
+                       extra={"fields": {"threads": args.threads, "usable_cores": cores}})
+    return config
 
 
 class JsonFormatter(logging.Formatter):
@@ -164,19 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     configure_logging(args.log_level)
     try:
-        config = ServerConfig.from_env(os.environ)
         # the flags win over the environment, for the one model and for every multi-model load
-        config = dataclasses.replace(config, backend=args.backend or config.backend,
-                                     precision=args.precision or config.precision)
+        config = server_config(args, os.environ)
         port = resolve_port(args.port, os.environ)
-        threads = args.threads or config.http_threads
-        if threads <= config.workers + config.queue_size:
-            raise ValueError(f"--threads {threads} must exceed inference workers ({config.workers}) + "
-                             f"queue size ({config.queue_size}), or /ping could starve")
         if config.multi_model:
             if args.model or args.model_dir:
-                raise ValueError("with SAGEMAKER_MULTI_MODEL=true models are loaded through POST /models; "
-                                 "drop --model/--model-dir (or unset SAGEMAKER_MULTI_MODEL)")
+                raise ValueError(f"with {SAGEMAKER_MULTI_MODEL}=true models are loaded through POST /models; "
+                                 f"drop --model/--model-dir (or unset {SAGEMAKER_MULTI_MODEL})")
             model_dir = None
         elif args.model:  # built on first use (minutes); progress on stderr, the JSON log stays on stdout
             model_dir = ensure_named_model(args.model, args.weights, os.environ)
@@ -193,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(slot, config, executor, metrics)
     # waitress's own limit (a plain-text 413) only backs up the app's JSON one.
     try:
-        server = waitress.create_server(app, host=args.host, port=port, threads=threads,
+        server = waitress.create_server(app, host=args.host, port=port, threads=config.http_threads,
                                         max_request_body_size=4 * config.max_body_bytes,
                                         connection_limit=config.max_connections,
                                         ident="maskrcnn-serve", asyncore_use_poll=True)
@@ -211,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
     logger.info("listening on %s; %s", ", ".join(f"http://{h}:{p}" for h, p in listening),
                 "multi-model: models are loaded through POST /models" if slot is None else "loading the model",
-                extra={"fields": {"model_dir": str(model_dir) if model_dir else None, "threads": threads,
+                extra={"fields": {"model_dir": str(model_dir) if model_dir else None,
+                                  "http_threads": config.http_threads, "threads": config.threads,
                                   "workers": config.workers, "queue_size": config.queue_size,
                                   "max_body_bytes": config.max_body_bytes, "multi_model": config.multi_model,
                                   "memory_budget_mb": config.memory_budget_mb}})

@@ -27,7 +27,7 @@ from pathlib import Path
 import falcon
 
 from engine.image_io import probe_image
-from engine.model_defaults import demo_notice
+from engine.model_directory.defaults import demo_notice
 from engine.render import prepare_thread
 
 from . import errors

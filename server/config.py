@@ -14,7 +14,8 @@ receives a frozen `ServerConfig` and never looks at `os.environ` itself.
 | retry_after_s     | MASKRCNN_RETRY_AFTER_S (Retry-After of a 503)             | 2                |
 | backend           | MASKRCNN_BACKEND (--backend wins)                         | auto             |
 | precision         | MASKRCNN_PRECISION (--precision wins): fp32, bf16         | backend's (1)    |
-| threads           | MASKRCNN_THREADS (inference threads, shared by workers)   | usable cores     |
+| threads           | MASKRCNN_THREADS (--threads wins; inference threads, shared by workers) | usable cores |
+| http_threads      | MASKRCNN_HTTP_THREADS (--http-threads wins)               | (2)              |
 | cuda_tf32         | MASKRCNN_CUDA_TF32=1 (TF32 convolutions, onnxruntime-cuda)| 0 (off: parity)  |
 | request_timeout_s | MASKRCNN_REQUEST_TIMEOUT_S (whole request must arrive by) | 60               |
 | max_connections   | MASKRCNN_MAX_CONNECTIONS (open connections accepted)      | 2000             |
@@ -28,11 +29,14 @@ machine's): there it decides how many models fit (507 past it), not one model's 
 
 (1) engine.backends.default_precision: bf16 for openvino on a CPU with BF16 instructions (every
 graph BF16, the native RoIAlign FP32; only the dense graph where that was not built), else fp32.
+(2) requested_http_threads, which must exceed workers + queue_size; without it, workers +
+queue_size + SPARE_HTTP_THREADS, so that /ping always has a free thread (`http_threads`).
 
-The model directory ($SM_MODEL_DIR, engine.model_defaults), the port ($SAGEMAKER_BIND_TO_PORT,
-server.__main__) and the named-model cache ($MASKRCNN_CACHE_DIR, engine.named_models) are
-read where they are resolved; Dockerfile.gpu's start script reads MASKRCNN_TENSORRT and
-MASKRCNN_PLAN_CACHE. docs/configuration.md lists them all.
+Every name is engine.environment's. The model directory ($SM_MODEL_DIR,
+engine.model_directory.defaults), the port ($SAGEMAKER_BIND_TO_PORT, server.__main__) and the
+named-model cache ($MASKRCNN_CACHE_DIR, engine.model_directory.named) are read where they are
+resolved; Dockerfile.gpu's start script reads MASKRCNN_TENSORRT and MASKRCNN_PLAN_CACHE.
+docs/configuration.md lists them all.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine import environment as env
+from engine.backends import AUTO_BACKEND, BACKEND_CHOICES, PRECISIONS
 from engine.media_types import JSON, RESPONSE_TYPES
-from engine.model_defaults import DEFAULT_MODEL_DIR  # noqa: F401  (the engine owns it; serve's default too)
+from engine.model_directory.defaults import DEFAULT_MODEL_DIR  # noqa: F401  (the engine owns it; serve's default too)
 
 MIB = 1024 * 1024
 DEFAULT_PORT = 8080
@@ -92,9 +98,10 @@ class ServerConfig:
     default_accept: str = DEFAULT_ACCEPT
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
     jpeg_quality: int = 90
-    backend: str = "auto"
+    backend: str = AUTO_BACKEND  # one of engine.backends.BACKEND_CHOICES
     precision: str | None = None  # None: the backend's default here (engine.backends.default_precision)
-    threads: int | None = None  # None: every core this process may use
+    threads: int | None = None  # inference threads in all; None: every core this process may use
+    requested_http_threads: int | None = None  # None: http_threads' default
     cuda_tf32: bool = False
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -115,8 +122,10 @@ class ServerConfig:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
-        if self.precision not in (None, "fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.shutdown_deadline_s > 0:
             raise ValueError(f"shutdown_deadline_s must be positive, got {self.shutdown_deadline_s}")
         if self.memory_budget_mb < 1:
@@ -125,6 +134,9 @@ class ServerConfig:
             raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.requested_http_threads is not None and self.requested_http_threads <= self.workers + self.queue_size:
+            raise ValueError(f"HTTP threads ({self.requested_http_threads}) must exceed inference workers "
+                             f"({self.workers}) + queue size ({self.queue_size}), or /ping could starve")
         if self.default_accept not in RESPONSE_TYPES:
             raise ValueError(f"default_accept must be one of {', '.join(RESPONSE_TYPES)}, "
                              f"got {self.default_accept!r}")
@@ -141,50 +153,54 @@ class ServerConfig:
 
     @property
     def http_threads(self) -> int:
-        """Enough HTTP threads that a full inference queue still leaves some for /ping."""
+        """The HTTP threads: requested_http_threads, else enough that a full inference queue
+        still leaves some for /ping."""
+        if self.requested_http_threads is not None:
+            return self.requested_http_threads
         return self.workers + self.queue_size + SPARE_HTTP_THREADS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "ServerConfig":
         """Defaults overridden by the environment; raises ValueError naming a bad variable."""
         kw = {}
-        if "SAGEMAKER_MAX_PAYLOAD_IN_MB" in environ:
-            kw["max_body_bytes"] = round(_number(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", float) * MIB)
-        if "MASKRCNN_MAX_BODY_BYTES" in environ:  # exact bytes; wins over the MiB figure
-            kw["max_body_bytes"] = _number(environ, "MASKRCNN_MAX_BODY_BYTES", int)
+        if env.SAGEMAKER_MAX_PAYLOAD_IN_MB in environ:
+            kw["max_body_bytes"] = round(_number(environ, env.SAGEMAKER_MAX_PAYLOAD_IN_MB, float) * MIB)
+        if env.MASKRCNN_MAX_BODY_BYTES in environ:  # exact bytes; wins over the MiB figure
+            kw["max_body_bytes"] = _number(environ, env.MASKRCNN_MAX_BODY_BYTES, int)
         for key, name, kind in [
-            ("max_megapixels", "MASKRCNN_MAX_MEGAPIXELS", float),
-            ("workers", "SAGEMAKER_MODEL_SERVER_WORKERS", int),
-            ("queue_size", "MASKRCNN_QUEUE_SIZE", int),
-            ("timeout_s", "SAGEMAKER_MODEL_SERVER_TIMEOUT", float),
-            ("retry_after_s", "MASKRCNN_RETRY_AFTER_S", int),
-            ("threads", "MASKRCNN_THREADS", int),
-            ("request_timeout_s", "MASKRCNN_REQUEST_TIMEOUT_S", float),
-            ("max_connections", "MASKRCNN_MAX_CONNECTIONS", int),
-            ("memory_budget_mb", "MASKRCNN_MEMORY_BUDGET_MB", int),
-            ("shutdown_deadline_s", "MASKRCNN_SHUTDOWN_DEADLINE_S", float),
+            ("max_megapixels", env.MASKRCNN_MAX_MEGAPIXELS, float),
+            ("workers", env.SAGEMAKER_MODEL_SERVER_WORKERS, int),
+            ("queue_size", env.MASKRCNN_QUEUE_SIZE, int),
+            ("timeout_s", env.SAGEMAKER_MODEL_SERVER_TIMEOUT, float),
+            ("retry_after_s", env.MASKRCNN_RETRY_AFTER_S, int),
+            ("threads", env.MASKRCNN_THREADS, int),
+            ("requested_http_threads", env.MASKRCNN_HTTP_THREADS, int),
+            ("request_timeout_s", env.MASKRCNN_REQUEST_TIMEOUT_S, float),
+            ("max_connections", env.MASKRCNN_MAX_CONNECTIONS, int),
+            ("memory_budget_mb", env.MASKRCNN_MEMORY_BUDGET_MB, int),
+            ("shutdown_deadline_s", env.MASKRCNN_SHUTDOWN_DEADLINE_S, float),
         ]:
             if name in environ:
                 kw[key] = _number(environ, name, kind)
-        accept = environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip().lower()
+        accept = environ.get(env.SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, "").strip().lower()
         if accept:
             kw["default_accept"] = accept
-        if environ.get("MASKRCNN_BACKEND", "").strip():
-            kw["backend"] = environ["MASKRCNN_BACKEND"].strip()
-        if environ.get("MASKRCNN_PRECISION", "").strip():
-            kw["precision"] = environ["MASKRCNN_PRECISION"].strip().lower()
-        multi_model = environ.get("SAGEMAKER_MULTI_MODEL", "").strip().lower()
+        if environ.get(env.MASKRCNN_BACKEND, "").strip():
+            kw["backend"] = environ[env.MASKRCNN_BACKEND].strip()
+        if environ.get(env.MASKRCNN_PRECISION, "").strip():
+            kw["precision"] = environ[env.MASKRCNN_PRECISION].strip().lower()
+        multi_model = environ.get(env.SAGEMAKER_MULTI_MODEL, "").strip().lower()
         if multi_model not in ("", "true", "false"):
-            raise ValueError(f"environment variable SAGEMAKER_MULTI_MODEL={environ['SAGEMAKER_MULTI_MODEL']!r} "
+            raise ValueError(f"environment variable {env.SAGEMAKER_MULTI_MODEL}={environ[env.SAGEMAKER_MULTI_MODEL]!r} "
                              f"must be true or false")
         if multi_model == "true":
             kw["multi_model"] = True
-            if "MASKRCNN_MEMORY_BUDGET_MB" not in environ:
+            if env.MASKRCNN_MEMORY_BUDGET_MB not in environ:
                 kw["memory_budget_mb"] = max(1, int(container_memory_bytes() * MULTI_MODEL_MEMORY_SHARE) // MIB)
-        tf32 = environ.get("MASKRCNN_CUDA_TF32", "").strip()
+        tf32 = environ.get(env.MASKRCNN_CUDA_TF32, "").strip()
         if tf32:
             if tf32 not in ("0", "1"):
-                raise ValueError(f"environment variable MASKRCNN_CUDA_TF32={tf32!r} must be 0 or 1")
+                raise ValueError(f"environment variable {env.MASKRCNN_CUDA_TF32}={tf32!r} must be 0 or 1")
             kw["cuda_tf32"] = tf32 == "1"
         try:
             return cls(**kw)

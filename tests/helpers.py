@@ -1,13 +1,12 @@
 """Plain helpers the tests share (fixtures live in conftest.py).
 
 * photo(name): a real photograph shipped with scikit-image, HxWx3 uint8 RGB, the one photo
-  loader of the tests and the benchmarks (benchmarks.inputs.skimage_photo);
+  loader of the tests and the benchmarks (harness.photos.skimage_photo);
   resized_photo(name, (h, w)): the same at another size and aspect ratio.
 * run_build_engine(*argv): build_engine.py in a child process, as a user runs it.
 * build_small_maskrcnn(seed): a small custom torchvision MaskRCNN with seeded random weights.
 * torchvision_predict, match_detections, box_iou_matrix, mask_iou: the parity tests' reference
   run and how detections are matched to it.
-* free_port(): a free local TCP port (benchmarks.inputs.free_port).
 * model_dir_with_plans(tmp_path, ...): a model directory with fake TensorRT plans and their section.
 * published_state_dict(model), save_published_layout(model, path): a state_dict as torchvision
   publishes its weights, in memory or as a file.
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.inputs import free_port, skimage_photo  # noqa: F401  (re-exported)
-from engine.model_dir import sha256_of
+from engine.model_directory.directory import sha256_of
+from harness.photos import skimage_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"  # the trained demo model, committed
@@ -199,19 +198,19 @@ def save_published_layout(model, path: Path) -> Path:
 
 def box_head_variants(model_dir, monkeypatch, variants: dict[str, tuple[str, ...]], precision: str = "fp32") -> dict:
     """The box head's outputs (class_probs, box_deltas) on one photo's proposals, for each
-    variant of the openvino backend: name -> the graph rewrites of engine.backends.openvino_cpu
+    variant of the openvino backend: name -> the graph rewrites of engine.backends.openvino_graphs
     it goes without ("channels_last_head": pooled features NCHW as the graph's RoiAlign gives
     them; "quantized_input_head": an INT8 directory's float input quantized by its graph).
     All variants run on the same dense outputs, so only those rewrites differ. Each variant's
     backend is returned too, under (name, "backend")."""
-    import engine.backends.openvino_cpu as openvino_cpu
+    import engine.backends.openvino_graphs as openvino_graphs
     from engine import Engine
 
     engines = {}
     for name, without in variants.items():
         with monkeypatch.context() as patch:
             for rewrite in without:
-                patch.setattr(openvino_cpu, rewrite, lambda model: None)
+                patch.setattr(openvino_graphs, rewrite, lambda model: None)
             engines[name] = Engine.load(model_dir, backend="openvino", precision=precision)
     first = next(iter(engines.values()))
     prepared = first.transform(photo("coffee"))

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from harness.server import free_port
 
 REQUIRE_ENV = "MASKRCNN_REQUIRE_PROMETHEUS"
 JOB = "maskrcnn"

@@ -9,8 +9,8 @@ from engine.backends.base import FILLER_BOX, Backend, DenseOutputs, default_thre
 from engine.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
 from engine.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
 from engine.backends.tensorrt import TensorRTBackend
-from engine.detect import split_by_level
-from engine.model_config import RoIPoolConfig
+from engine.roi_heads import split_by_level
+from engine.model_directory.config import RoIPoolConfig
 
 
 @pytest.mark.parametrize("cls", [OnnxRuntimeCpuBackend, OnnxRuntimeCudaBackend, TensorRTBackend])

@@ -15,7 +15,7 @@ from engine import BackendUnavailableError
 from engine import backends as backends_module
 from engine import cuda_memory
 from engine.backends import BACKENDS, available_backends, choose_backend, create_backend
-from engine.model_dir import ModelDir
+from engine.model_directory.directory import ModelDir
 from helpers import DEMO, ROOT, model_dir_with_plans
 
 

@@ -181,7 +181,7 @@ def test_int8_export_quantizes_every_graph_and_still_segments(tmp_path, small_mo
         engine = Engine.load(out, backend=backend)
         assert "int8" in engine.precision, (backend, engine.precision)
         if backend == "openvino":  # QUANTIZED_PLANS: INT8 with FP32 between, even on a BF16 CPU
-            from engine.backends.openvino_cpu import GRAPH_POOLING_QUANTIZED_PLANS, QUANTIZED_PLANS
+            from engine.backends.openvino_plans import GRAPH_POOLING_QUANTIZED_PLANS, QUANTIZED_PLANS
 
             native = engine.backend.pooling == "native"
             assert engine.backend.plan == (QUANTIZED_PLANS if native else GRAPH_POOLING_QUANTIZED_PLANS)["fp32"]

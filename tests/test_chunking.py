@@ -79,7 +79,7 @@ def test_cpu_mask_head_in_passes_gives_the_same_masks(demo_model_dir):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc to read peak RSS")
 def test_many_detections_do_not_grow_the_cpu_backend_past_its_warm_up(small_model_dir):
     """ONNX Runtime's arena keeps the largest activations it has needed: 300 detections' mask
-    head in one run grew the process by 537 MB for good (small model). In passes of
+    head in one run grew the process by hundreds of MB for good (small model). In passes of
     MASK_HEAD_ROWS_PER_RUN, warm-up has already reached the size."""
     from server.inference import peak_growth
 

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from engine.image_io import decode_image
+from harness.server import REPO, free_port, http_call
 from server_fixtures import encode_pil
-from server_process import REPO, free_port, http_call
 
 IMAGE_ENV = "MASKRCNN_TEST_IMAGE"
 REQUIRE_ENV = "MASKRCNN_REQUIRE_DOCKER"

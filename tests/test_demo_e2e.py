@@ -23,13 +23,13 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
+from harness.server import ServerProcess, http_call
 from helpers import box_iou_matrix, mask_iou
 from demo.export_shapes import MODEL_NAME
 from demo.shapes import CLASS_NAMES, EVAL_SEED_START, TRAIN_SEED_START, generate_scene
 from engine.image_io import decode_image
 from server.config import DEFAULT_MODEL_DIR
 from server_fixtures import encode_pil
-from server_process import ServerProcess, http_call
 
 # The first held-out evaluation scenes (demo/evaluate.py starts at the same seed); training
 # only ever drew seeds >= TRAIN_SEED_START.
@@ -67,7 +67,7 @@ def test_serve_without_a_model_dir_serves_the_demo_model(demo_server, demo_model
 def test_serve_runs_the_default_precision_of_this_cpu_and_says_so(demo_server):
     """No backend or precision given: auto on the CPU is openvino, BF16 where the CPU has BF16
     instructions (else FP32): every graph with the native RoIAlign, only the dense graph
-    without it (openvino_cpu.PLANS), read back from the compiled graphs."""
+    without it (openvino_plans.PLANS), read back from the compiled graphs."""
     from engine import roi_align
     from engine.backends import available_backends, default_precision
 

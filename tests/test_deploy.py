@@ -47,9 +47,9 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.server import REPO, ServerProcess, free_port
 from helpers import photo
-from engine.model_dir import ModelDir
-from server_process import REPO, ServerProcess, free_port
+from engine.model_directory.directory import ModelDir
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")

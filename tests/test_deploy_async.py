@@ -369,7 +369,7 @@ def test_the_server_takes_the_photos_the_async_model_allows(tmp_path):
     from PIL import Image
 
     from deploy import asynchronous
-    from server_process import ServerProcess, http_call
+    from harness.server import ServerProcess, http_call
 
     rng = np.random.default_rng(0)
     big = rng.integers(0, 256, (6000, 8000, 3), np.uint8)  # 48 megapixels of noise: a large JPEG

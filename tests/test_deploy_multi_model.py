@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from server_process import ServerProcess, http_call
+from harness.server import ServerProcess, http_call
 from test_deploy import (CREDENTIALS, IMAGE, REGION, RuntimeStub, assert_one_error, clean_env, cli, deploy_args,
                          fields, packaging_bytes)
 

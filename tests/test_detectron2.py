@@ -9,6 +9,7 @@ and a training run's .pth layouts, run through its DefaultPredictor on real phot
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 from pathlib import Path
@@ -301,8 +302,8 @@ def test_level_assignment_is_detectron2s():
     from detectron2.modeling.poolers import assign_boxes_to_levels
     from detectron2.structures import Boxes
 
-    from engine.detect import assign_levels
-    from engine.model_config import RoIPoolConfig
+    from engine.roi_heads import assign_levels
+    from engine.model_directory.config import RoIPoolConfig
 
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 800, (5000, 2)).astype(np.float32)
@@ -318,14 +319,14 @@ def test_level_assignment_is_detectron2s():
 
 # --- serve --model detectron2-...: the model zoo's COCO models, from a seeded cache ----------------
 
-@pytest.mark.parametrize("name", [n for n, m in __import__("engine.named_models").named_models.NAMED_MODELS.items()
+@pytest.mark.parametrize("name", [n for n, m in importlib.import_module("engine.model_directory.named").NAMED_MODELS.items()
                                   if m.framework == "detectron2"])
 def test_zoo_named_models_are_the_zoo_configs(name, tmp_path):
     """The settings a named model is built with are what the zoo's own config file (with its
     _BASE_ chain) gives, and its weights URL is the zoo's."""
     import dataclasses
 
-    from engine.named_models import NAMED_MODELS
+    from engine.model_directory.named import NAMED_MODELS
     from exporter.detectron2_config import read_detectron2_config
 
     model = NAMED_MODELS[name]
@@ -347,7 +348,8 @@ def test_zoo_named_model_builds_from_a_seeded_cache(subjects, tmp_path):
     start reuses it."""
     import shutil
 
-    from engine.named_models import NAMED_MODELS, ensure_named_model
+    from engine.model_directory.named import NAMED_MODELS
+    from provision import ensure_named_model
 
     subject = subjects("R50-FPN-3x")
     model = NAMED_MODELS["detectron2-r50-fpn-3x"]
@@ -377,7 +379,7 @@ def test_readme_detectron2_recipe_end_to_end(subjects, tmp_path):
     import requests
 
     from server_fixtures import encode_pil
-    from server_process import ServerProcess
+    from harness.server import ServerProcess
     from test_readme_examples import readme_boto3_answer, run_readme_setup
 
     subject = subjects("R101-FPN-custom")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.server import REPO, ServerProcess
 from prometheus_server import require_prometheus
-from server_process import REPO, ServerProcess
 
 DOCS_URL = "http://localhost:8080"
 
@@ -177,6 +177,8 @@ NOT_RUN_AS_WRITTEN = {
                                  "./serve.sh --coco on a fresh copy of the project (its venv created, seeded weights: "
                                  "nothing can be downloaded here); plain ./serve.sh execs `serve`, which "
                                  "tests/test_demo_e2e.py starts on the bundled demo model",
+    ("docs/testing.md", "./test.sh -m"): "runs the test suite itself; every collection applies and checks "
+                                         "tests/tiers.py's markers, and CI runs ./test.sh",
     ("docs/api.md", "SCHEMATHESIS_HOOKS="): "tests/test_openapi.py runs schemathesis with these hooks and every check",
     ("docs/api.md", "newman run"): "tests/test_postman.py runs newman with this collection against the real server",
     ("docs/deployment.md", "docker build -t"): "tests/test_container.py builds the image with docker/build-image.sh "

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.model_defaults import DEFAULT_MODEL_DIR, bundled_model_dir
-from server_process import REPO
+from engine.model_directory.defaults import DEFAULT_MODEL_DIR, bundled_model_dir
+from harness.server import REPO
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,18 @@ def test_info_on_a_bad_model_dir_is_one_error_line(demo_model_dir, tmp_path, pro
     expected = {"missing dir": f"model directory not found: {model_dir}",
                 "not JSON": "model.json is not valid JSON", "missing key": "model.json: rpn.nms_thresh is missing"}
     assert expected[problem] in line
+
+
+@pytest.mark.parametrize("flag, value", [("--backend", "bogus"), ("--precision", "fp16")])
+def test_predict_enum_flags_list_their_choices(flag, value, capsys):
+    """The same choices as `serve` (engine.backends.BACKEND_CHOICES, PRECISIONS), refused by
+    argparse before any model is looked for."""
+    from engine.__main__ import main
+    from engine.backends import BACKEND_CHOICES, PRECISIONS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "photo.jpg", flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"argument {flag}: invalid choice: '{value}'" in error
+    assert all(f"'{choice}'" in error for choice in (BACKEND_CHOICES if flag == "--backend" else PRECISIONS)), error

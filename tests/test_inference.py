@@ -20,7 +20,7 @@ UNLIMITED_MB = 1 << 30
 # ---- concurrency: a full queue is 503, pings never wait --------------------------------------------
 
 
-def test_full_queue_is_503_with_retry_after_and_ping_stays_fast(engine, jpeg_body):
+def test_full_queue_is_503_with_retry_after_and_ping_never_waits(engine, jpeg_body):
     # the memory budget out of the way: this process's own size (every test's imports, models
     # other tests ran) is not what is tested here
     config = ServerConfig(workers=1, queue_size=1, retry_after_s=3, memory_budget_mb=UNLIMITED_MB)
@@ -40,9 +40,9 @@ def test_full_queue_is_503_with_retry_after_and_ping_stays_fast(engine, jpeg_bod
         resp = post(client, jpeg_body)
         assert_error(resp, 503, "busy")
         assert resp.headers["retry-after"] == "3"
-        start = time.perf_counter()
+        # answered while both inferences are still held at the gate: /ping waited behind none
         assert client.simulate_get("/ping").status_code == 200
-        assert time.perf_counter() - start < 0.5
+        assert not engine.gate.is_set() and results == [] and executor.admitted == 2
     finally:
         engine.gate.set()
         for t in threads:
@@ -127,7 +127,7 @@ def test_draining_refuses_at_once_the_waiting_jobs_that_cannot_finish_and_runs_t
     deadline, and the first two still run, in order."""
     executor = InferenceExecutor(workers=1, queue_size=5)
     executor.run(time.sleep, 0.3)  # what a job takes
-    assert 0.25 < executor.expected_s < 0.6
+    assert executor.expected_s >= 0.3  # a sleep lasts at least its time; how much longer is the machine's
     gate, order, outcomes = threading.Event(), [], {}
     threads = [_submit(executor, gate.wait, outcomes, "running")]
     wait_until(lambda: executor.admitted == 1)

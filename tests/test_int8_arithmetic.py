@@ -77,7 +77,8 @@ def test_seven_bit_weights_are_exact_where_products_saturate():
     code = """
 import numpy as np
 from engine import int8_arithmetic as m
-from engine.backends.openvino_cpu import seven_bit_weights, shared_core
+from engine.backends.openvino_cpu import shared_core
+from engine.backends.openvino_graphs import seven_bit_weights
 core = shared_core()
 model = core.read_model(str(m.PROBE_FILE))
 print(*seven_bit_weights(model))

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.server import REPO, http_call, running_server
 from helpers import wait_until
 from prometheus_server import PrometheusServer, require_prometheus
 from server import EngineSlot, ServerConfig, create_app
 from server.inference import InferenceExecutor
 from server.metrics import REFUSAL_REASONS, STAGES, Metrics
 from server_fixtures import CA, JPEG, PNG, FakeEngine, drawn_image, encode_pil, post
-from server_process import REPO, http_call, running_server
 
 SAMPLE = REPO / "server" / "static" / "sample.jpg"  # the demo model's scene: shapes it detects
 

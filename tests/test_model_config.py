@@ -1,4 +1,4 @@
-"""model.json as typed dataclasses (engine.model_config): every section checked at load.
+"""model.json as typed dataclasses (engine.model_directory.config): every section checked at load.
 
 A bad or missing key is a ModelDirError naming model.json and the dotted key, raised by
 ModelDir.open (so by Engine.load, before any request); what the exporter writes is what is
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, ModelDirError
-from engine.model_config import MODEL_FORMAT, GraphFile, ModelConfig, RpnConfig, TransformConfig
-from engine.model_dir import ModelDir
+from engine.model_directory.config import MODEL_FORMAT, GraphFile, ModelConfig, RpnConfig, TransformConfig
+from engine.model_directory.directory import ModelDir
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "model"
 

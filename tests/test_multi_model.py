@@ -18,13 +18,13 @@ import falcon.testing
 import pytest
 
 from engine import Engine
+from harness.server import REPO, ServerProcess, http_call
 from helpers import wait_until
 from server import ModelRegistry, ServerConfig, create_app
 from server.inference import MemoryBudget
 from server.responses import detections_to_json
 from server.negotiation import RequestOptions
 from server_fixtures import CA, JPEG, PNG, FakeEngine
-from server_process import REPO, ServerProcess, http_call
 from test_metrics import scrape, value
 
 SAMPLE = REPO / "server" / "static" / "sample.jpg"

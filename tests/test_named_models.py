@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.named_models as named
+import engine.model_directory.named as named
+import provision
+from provision import install
+from harness.server import REPO, ServerProcess, http_call, serve_command
 from helpers import DEAD_PROXY, match_detections, photo, save_published_layout, torchvision_predict
 from engine.errors import ModelDirError
-from server_process import REPO, ServerProcess, http_call, serve_command
 from server_fixtures import encode_pil
 
 
@@ -62,11 +64,11 @@ def test_the_cache_folder_follows_the_environment(tmp_path):
 
 
 def test_export_requirements_are_the_verified_pins_and_the_export_extra():
-    requirements = named.export_requirements()
-    assert requirements[:2] == list(named.VERIFIED_TORCH)
+    requirements = install.export_requirements()
+    assert requirements[:2] == list(install.VERIFIED_TORCH)
     assert any(r.startswith("onnx") for r in requirements), requirements
     assert not any(r.startswith(("torch>", "torchvision>")) for r in requirements), "pins replace the extra's ranges"
-    for pin in named.VERIFIED_TORCH:  # test.sh installs the same versions the first use does
+    for pin in install.VERIFIED_TORCH:  # test.sh installs the same versions the first use does
         assert pin in (REPO / "test.sh").read_text()
 
 
@@ -79,29 +81,29 @@ def test_reuse_needs_the_same_weights_file_and_model_format(tmp_path):
     target, stamp, weights = tmp_path / "coco-v1", tmp_path / "coco-v1.source", tmp_path / "w.pth"
     weights.write_bytes(b"one")
     target.mkdir()
-    assert not named._reusable(target, stamp, weights)  # no model.json
+    assert not named.reusable(target, stamp, weights)  # no model.json
     (target / "model.json").write_text("{}")
-    assert not named._reusable(target, stamp, weights)  # no record of what it was built from
+    assert not named.reusable(target, stamp, weights)  # no record of what it was built from
     stamp.write_text(named.WeightsSource.of(weights).to_json())
-    assert named._reusable(target, stamp, weights)
+    assert named.reusable(target, stamp, weights)
     os.utime(weights, ns=(1, 1))  # replaced weights (another seed, a newer download)
-    assert not named._reusable(target, stamp, weights)
+    assert not named.reusable(target, stamp, weights)
     stamp.write_text(named.WeightsSource.of(weights).to_json())
     other = tmp_path / "other.pth"
     other.write_bytes(b"one")
     os.utime(other, ns=(1, 1))
-    assert not named._reusable(target, stamp, other)  # same size and time, another file
+    assert not named.reusable(target, stamp, other)  # same size and time, another file
     weights.unlink()
-    assert named._reusable(target, stamp, weights)  # the hub cache was cleared: still a good directory
+    assert named.reusable(target, stamp, weights)  # the hub cache was cleared: still a good directory
     older = json.loads(stamp.read_text()) | {"model_format": "maskrcnn-serve/0"}
     stamp.write_text(json.dumps(older))
-    assert not named._reusable(target, stamp, weights)
+    assert not named.reusable(target, stamp, weights)
 
 
 def test_no_install_into_a_python_that_is_not_a_virtual_environment(monkeypatch):
     monkeypatch.setattr(sys, "prefix", sys.base_prefix)
     with pytest.raises(ModelDirError, match=r"not a virtual environment; install them yourself \(pip install 'torch==") as info:
-        named._install_export_requirements(named.named_model("coco-v1"), ["torch"], say=print)
+        install.install_export_requirements("coco-v1", ["torch"], say=print)
     assert "\n" not in str(info.value)
 
 
@@ -153,7 +155,7 @@ def test_weights_file_builds_the_named_model_and_replacing_it_rebuilds(tmp_path,
     env = {**os.environ, "MASKRCNN_CACHE_DIR": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch"),
            "PYTHONPATH": str(REPO), **DEAD_PROXY}
     said = []
-    target = named.ensure_named_model("coco-v2", weights, env, say=said.append)
+    target = provision.ensure_named_model("coco-v2", weights, env, say=said.append)
     assert target == tmp_path / "cache" / "models" / "coco-v2"
     config = json.loads((target / "model.json").read_text())
     assert config["name"] == "coco-v2" and config["arch"] == model.arch and len(config["class_names"]) == 91
@@ -162,13 +164,13 @@ def test_weights_file_builds_the_named_model_and_replacing_it_rebuilds(tmp_path,
     assert not (tmp_path / "torch").exists()  # nothing went near the hub cache
 
     said.clear()
-    assert named.ensure_named_model("coco-v2", weights, env, say=said.append) == target
+    assert provision.ensure_named_model("coco-v2", weights, env, say=said.append) == target
     assert said == [f"coco-v2: using {target} (built earlier)"]
 
     created = config["created"]
     os.utime(weights)  # the file was replaced: build again from the new one
     said.clear()
-    named.ensure_named_model("coco-v2", weights, env, say=said.append)
+    provision.ensure_named_model("coco-v2", weights, env, say=said.append)
     assert "first use" in said[0]
     assert json.loads((target / "model.json").read_text())["graphs"] == config["graphs"]  # same weights, same graphs
     assert created <= json.loads((target / "model.json").read_text())["created"]

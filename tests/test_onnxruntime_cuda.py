@@ -7,7 +7,7 @@ import numpy as np
 from engine import Engine
 from engine.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
 from engine.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
-from engine.model_dir import ModelDir
+from engine.model_directory.directory import ModelDir
 from helpers import match_detections, photo
 
 

@@ -46,6 +46,7 @@ from openapi_spec_validator import validate as validate_openapi
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
                                  response_schema_conformance, status_code_conformance)
 
+from harness.server import REPO, ServerProcess, http_call, running_server
 from schemathesis_hooks import MODEL_DIR_ENV, json_header_conformance
 from server import EngineSlot, ServerConfig, create_app
 from server.app import MAX_LOAD_REQUEST_BYTES
@@ -55,7 +56,6 @@ from server.models import DEFAULT_PAGE_SIZE, MAX_MODEL_NAME_CHARS, MAX_PAGE_SIZE
 from server.negotiation import (ATTRIBUTE_TYPES, CUSTOM_ATTRIBUTES_HEADER, INCLUDABLE, MASK_FORMATS,
                                 RESPONSE_TYPE_NAMES, parse_custom_attributes, selectable_classes)
 from server.openapi import MULTI_MODEL_OPENAPI_PATH, OPENAPI_PATH, OpenApiDocuments, for_model, with_multi_model
-from server_process import REPO, ServerProcess, http_call, running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -1,4 +1,5 @@
-"""engine/backends/openvino_cpu.py: OpenVINO on the CPU, alone or with its heads on ONNX Runtime.
+"""engine/backends/openvino_cpu.py (with openvino_graphs.py and openvino_plans.py): OpenVINO on the
+CPU, alone or with its heads on ONNX Runtime.
 
 The default FP32 configuration (every graph on OpenVINO, the heads cut after their RoiAlign
 and fed by the native RoIAlign) runs the whole parity suite in test_parity.py; here: the
@@ -28,7 +29,8 @@ from test_parity import assert_parity
 
 openvino = pytest.importorskip("openvino")
 from engine import roi_align  # noqa: E402
-from engine.backends.openvino_cpu import OpenVinoCpuBackend, channels_last_head, cpu_precisions, pooled_head  # noqa: E402
+from engine.backends.openvino_cpu import OpenVinoCpuBackend, cpu_precisions  # noqa: E402
+from engine.backends.openvino_graphs import channels_last_head, pooled_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 def all_openvino(precision: str) -> dict:
@@ -138,14 +140,14 @@ def test_default_bf16_meets_the_accuracy_criteria_on_the_demo_model(demo_model_d
         pytest.skip("this CPU has no BF16 instructions (test_bf16_where_the_cpu_has_it_else_a_clear_error "
                     "checks the error)")
     pytest.importorskip("pycocotools")
-    from benchmarks.int8_accuracy import agreement
     from demo.evaluate import engine_predictor, evaluate, held_out_scenes
+    from harness.agreement import engine_agreement
 
     scenes = held_out_scenes(60, start=3_000_000)
     fp32 = Engine.load(demo_model_dir, backend="onnxruntime-cpu")
     bf16 = Engine.load(demo_model_dir)  # auto: openvino at its default precision here
     assert "bf16" in bf16.precision
-    matched, total = agreement(fp32, bf16, [scene.image for scene in scenes])
+    matched, total = engine_agreement(fp32, bf16, [scene.image for scene in scenes])
     assert total > 100 and matched >= 0.97 * total, (matched, total)
     reference, measured = (evaluate(engine_predictor(e), scenes) for e in (fp32, bf16))
     for kind in ("bbox", "segm"):
@@ -160,7 +162,7 @@ def test_precision_is_refused_on_backends_that_do_not_run_it(small_model_dir):
 
 
 def test_a_plan_names_known_graphs_runtimes_and_precisions(small_model_dir):
-    from engine.model_dir import ModelDir
+    from engine.model_directory.directory import ModelDir
 
     directory = ModelDir.open(small_model_dir)
     for plan, words in [({"box_head": ("onnxruntime", "bf16")}, "onnxruntime: fp32"),

@@ -215,7 +215,7 @@ def test_readme_tutorial_recipe_end_to_end(tmp_path):
 
     import requests
 
-    from server_process import ServerProcess
+    from harness.server import ServerProcess
     from test_readme_examples import readme_block, readme_boto3_answer, run_readme_setup
 
     code = readme_block("## Your own Mask R-CNN", "python", "docs/models.md")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.server import REPO, running_server
 from helpers import photo
 from server_fixtures import encode_pil
-from server_process import REPO, running_server
 
 REQUIRE_ENV = "MASKRCNN_REQUIRE_NEWMAN"
 COLLECTION = REPO / "postman_collection.json"

@@ -7,8 +7,8 @@ import pytest
 
 from engine.anchors import level_anchors
 from engine.box_ops import batched_nms, decode_boxes, nms
-from engine.detect import assign_levels
-from engine.model_config import RoIPoolConfig
+from engine.roi_heads import assign_levels
+from engine.model_directory.config import RoIPoolConfig
 from engine.masks import paste_masks
 from engine.preprocess import preprocess, resized_size
 

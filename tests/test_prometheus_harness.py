@@ -14,8 +14,8 @@ import time
 
 import pytest
 
+from harness.server import free_port
 import prometheus_server
-from helpers import free_port
 from prometheus_server import PrometheusQueryError, PrometheusServer, parse_rfc3339, require_prometheus
 
 EXPORTER = r"""

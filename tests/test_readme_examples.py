@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from engine.image_io import decode_image
+from harness.server import REPO, ServerProcess
 from server_fixtures import encode_pil
-from server_process import REPO, ServerProcess
 
 README_URL = "http://localhost:8080"
 

@@ -1,6 +1,6 @@
 """Which model directory `serve` picks: --model-dir, $SM_MODEL_DIR, /opt/ml/model, the demo model.
 
-The choice lives in engine.model_defaults (`python -m engine predict` makes the same one);
+The choice lives in engine.model_directory.defaults (`python -m engine predict` makes the same one);
 server.__main__ re-exports `bundled_model_dir` and `resolve_model_dir`.
 
 The explicit choices are strict (a missing directory is an error, never a silent fallback);
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-import engine.model_defaults as defaults
+import engine.model_directory.defaults as defaults
+from harness.server import REPO
 import server.__main__ as serve_main
 from engine.errors import ModelDirError
-from server_process import REPO
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_the_dockerfiles_install_carries_the_demo_model_and_the_web_page(demo_mo
     context.mkdir()
     copies = re.findall(r"^COPY (?!--from)(.+) \S+$", (REPO / "Dockerfile").read_text(), re.M)  # not the stage copy
     sources = [name for line in copies for name in line.split()]
-    assert {"demo/", "server/", "engine/"} <= set(sources), copies
+    assert {"demo/", "server/", "engine/", "provision/"} <= set(sources), copies  # server.__main__ imports provision
     for name in sources:
         src = REPO / name
         if src.is_dir():

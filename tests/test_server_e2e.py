@@ -21,12 +21,14 @@ import numpy as np
 import pytest
 
 from engine.image_io import decode_image
+from harness.server import REPO, ServerProcess, free_port, http_call, serve_command
 from helpers import read_until_closed
 from server_fixtures import encode_pil
-from server_process import REPO, ServerProcess, free_port, http_call, serve_command
 
 ENDPOINT = "my-instance-segmentation"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+PING_TIMEOUT_S = 2.0  # SageMaker's limit for an answer to GET /ping
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,8 @@ def test_chunked_upload(server, photo_jpeg):
     assert too_big.status_code == 413 and too_big.json()["status"] == 413
 
 
-def test_ping_stays_fast_while_inferences_run(server, photo_jpeg):
+def test_ping_answers_within_sagemakers_timeout_while_inferences_run(server, photo_jpeg):
+    """SageMaker gives /ping 2 s (PING_TIMEOUT_S) however busy the instance is."""
     big = encode_pil(np.tile(decode_image(photo_jpeg), (4, 4, 1)), "JPEG")  # 2048x2048
     statuses = []
 
@@ -171,16 +174,14 @@ def test_ping_stays_fast_while_inferences_run(server, photo_jpeg):
     threads = [threading.Thread(target=infer) for _ in range(3)]
     for t in threads:
         t.start()
-    worst = 0.0
+    pings = 0
     while any(t.is_alive() for t in threads):
-        start = time.perf_counter()
-        assert server.ping(timeout=2.0) == 200
-        worst = max(worst, time.perf_counter() - start)
+        assert server.ping(timeout=PING_TIMEOUT_S) == 200
+        pings += 1
         time.sleep(0.02)
     for t in threads:
         t.join()
-    assert statuses == [200, 200, 200]
-    assert worst < 1.0  # SageMaker's ping timeout is 2 s
+    assert statuses == [200, 200, 200] and pings > 1
 
 
 def test_one_json_log_line_per_request(server, photo_jpeg):

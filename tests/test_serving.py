@@ -163,7 +163,7 @@ def test_a_burst_of_connections_is_accepted_in_a_few_loop_passes_and_ping_answer
     accepts one connection per pass over every open connection: over a thousand passes).
     Bounded work, counted in loop passes, not in wall time: everything arrives before the
     loop starts, and the loop wakes only on events (a long poll timeout)."""
-    from benchmarks.slow_clients import allow_open_files
+    from harness.slow_clients import allow_open_files
     from server.serving import ACCEPT_BATCH
 
     burst = _burst_size()

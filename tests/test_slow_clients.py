@@ -11,9 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.slow_clients import Trickle, allow_open_files, open_slow_request
+from harness.proc import rss_mb
+from harness.server import ServerProcess, http_call
+from harness.slow_clients import Trickle, allow_open_files, open_slow_request
+from harness.timing import timed
 from server_fixtures import encode_pil
-from server_process import ServerProcess, http_call
 
 STALLED, TRICKLING = 500, 500
 TIMEOUT_S = 15
@@ -31,19 +33,19 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         body = encode_pil(np.asarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3)), np.uint8), "JPEG")
 
         def invoke() -> float:
-            start = time.perf_counter()
-            reply = http_call(srv.url + "/invocations", body=body, headers={"Content-Type": "image/jpeg"}, timeout=60)
+            seconds, reply = timed(http_call, srv.url + "/invocations", body=body,
+                                   headers={"Content-Type": "image/jpeg"}, timeout=60)
             assert reply.status_code == 200, reply.content[:200]
-            return time.perf_counter() - start
+            return seconds
 
         def ping() -> float:
-            start = time.perf_counter()
-            assert srv.ping(timeout=5) == 200
-            return time.perf_counter() - start
+            seconds, status = timed(srv.ping, timeout=5)
+            assert status == 200
+            return seconds
 
         invoke()
         usual = float(np.median([invoke() for _ in range(5)]))
-        rss_before = srv.memory_kb("VmRSS") / 1024
+        rss_before = rss_mb(srv.pid)
 
         opened_at = time.monotonic()
         clients = [open_slow_request(srv.port) for _ in range(STALLED + TRICKLING)]
@@ -52,7 +54,7 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         time.sleep(1.0)  # let the server accept and read them all
         pings = sorted(ping() for _ in range(20))
         during = float(np.median([invoke() for _ in range(5)]))
-        rss_with = srv.memory_kb("VmRSS") / 1024
+        rss_with = rss_mb(srv.pid)
         assert time.monotonic() - opened_at < TIMEOUT_S, "the measurements ran into the request timeout"
         print(f"1000 slow connections: /ping max {pings[-1] * 1e3:.1f} ms, p95 {pings[-2] * 1e3:.1f} ms; "
               f"invocation {usual * 1e3:.0f} -> {during * 1e3:.0f} ms; server RSS {rss_before:.0f} -> {rss_with:.0f} MB")
@@ -81,5 +83,4 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
             trickle.stop()
         for sock in clients:
             sock.close()
-        srv.proc.terminate()
-        srv.proc.wait(30)
+        srv.stop(30)

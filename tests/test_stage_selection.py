@@ -3,7 +3,7 @@
 * engine.proposals.select_proposals vs RegionProposalNetwork (eval): the head's outputs
   flattened with concat_box_prediction_layers, decoded against AnchorGenerator's anchors,
   then filter_proposals.
-* engine.detect.select_detections vs RoIHeads.postprocess_detections.
+* engine.roi_heads.select_detections vs RoIHeads.postprocess_detections.
 
 Same proposals in the same order, same detections with the same labels; coordinates agree
 to float32 rounding (numpy and torch may round exp() differently in the last bit).
@@ -23,8 +23,8 @@ from torchvision.models.detection.roi_heads import RoIHeads  # noqa: E402
 from torchvision.models.detection.rpn import (  # noqa: E402
     RegionProposalNetwork, RPNHead, concat_box_prediction_layers)
 
-from engine.detect import select_detections  # noqa: E402
-from engine.model_config import BoxHeadConfig, RpnConfig  # noqa: E402
+from engine.roi_heads import select_detections  # noqa: E402
+from engine.model_directory.config import BoxHeadConfig, RpnConfig  # noqa: E402
 from engine.proposals import select_proposals  # noqa: E402
 
 PADDED, RESIZED = (800, 1088), (800, 1066)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from engine.model_dir import ModelDir, sha256_of
+from engine.model_directory.directory import ModelDir, sha256_of
 from helpers import DEMO, ROOT
 
 
@@ -47,3 +47,61 @@ def test_build_engine_tensorrt_without_gpu_fails_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, "build_engine.py", "--fp16", "--output", str(tmp_path / "t")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "go with --tensorrt" in result.stderr
+
+
+def stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_tensorrt_int8_calibration_without_gpu_fails_with_one_line_and_the_old_spelling_warns(tmp_path, capsys):
+    """--tensorrt-int8-calibration is TensorRT's INT8 calibration (--int8 alone is QDQ graphs);
+    `--int8 --tensorrt`, its old spelling, still gets there with one warning naming it."""
+    import build_engine
+    from exporter.tensorrt_build import environment_reason
+
+    if environment_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the failure path is not reachable")
+    output, photos = tmp_path / "t", str(tmp_path)
+    assert build_engine.main(["--tensorrt", "--tensorrt-int8-calibration", "--calib-images", photos,
+                              "--output", str(output)]) == 2
+    (line,) = stderr_lines(capsys)
+    assert line.startswith("error: --tensorrt needs TensorRT and an NVIDIA GPU: ")
+    assert build_engine.main(["--tensorrt", "--int8", "--calib-images", photos, "--output", str(output)]) == 2
+    warning, error = stderr_lines(capsys)
+    assert warning == f"warning: {build_engine.OLD_TENSORRT_INT8}" and "--tensorrt-int8-calibration" in warning
+    assert error == line
+    assert not output.exists()
+
+
+def test_tensorrt_precision_flags_reach_the_builder(tmp_path, capsys, monkeypatch):
+    """What build_plans is asked for, with the GPU steps stubbed: --tensorrt-int8-calibration and
+    its old spelling give int8 with the photos; no precision flag gives fp16. Without photos, or
+    without --tensorrt, the flag is one line of refusal."""
+    import build_engine
+    import exporter.tensorrt_build as tensorrt_build
+
+    asked = []
+    monkeypatch.setattr(tensorrt_build, "environment_reason", lambda: None)
+    monkeypatch.setattr(tensorrt_build, "writable_copy", lambda source, output: output)
+    monkeypatch.setattr(tensorrt_build, "build_plans", lambda output, precision, calib_images=None, **kw:
+                        asked.append((precision, calib_images)))
+    common = ["--tensorrt", "--from-model-dir", str(DEMO), "--output", str(tmp_path / "t")]
+    photos = tmp_path / "photos"
+    for flags, precision in [(["--tensorrt-int8-calibration", "--calib-images", str(photos)], "int8"),
+                             (["--int8", "--calib-images", str(photos)], "int8"),
+                             (["--fp32"], "fp32"), ([], "fp16")]:
+        asked.clear()
+        assert build_engine.main(common + flags) == 0
+        assert asked == [(precision, photos if precision == "int8" else None)], flags
+        warned = stderr_lines(capsys)
+        assert warned == ([f"warning: {build_engine.OLD_TENSORRT_INT8}"] if "--int8" in flags else [])
+    asked.clear()
+    assert build_engine.main(common + ["--tensorrt-int8-calibration"]) == 2
+    assert stderr_lines(capsys) == ["error: --tensorrt-int8-calibration needs --calib-images DIR "
+                                    "(photos like the ones you will serve)"]
+    assert build_engine.main(["--tensorrt-int8-calibration", "--calib-images", str(photos),
+                              "--output", str(tmp_path / "t")]) == 2
+    assert "go with --tensorrt" in stderr_lines(capsys)[0]
+    with pytest.raises(SystemExit):  # one precision: argparse refuses two
+        build_engine.parse_args(["--tensorrt", "--fp16", "--tensorrt-int8-calibration", "--output", "x"])
+    assert asked == []

@@ -1,4 +1,4 @@
-"""engine/tensorrt_plans.py (pure Python, runs anywhere): model.json's tensorrt section as loaded,
+"""engine/model_directory/tensorrt_plans.py (pure Python, runs anywhere): model.json's tensorrt section as loaded,
 why plans cannot run here, and the optimization-profile shapes from the resize rule.
 """
 
@@ -11,8 +11,9 @@ import pytest
 
 from engine import ModelDirError
 from engine.backends.onnxruntime_cpu import OnnxRuntimeCpuBackend
-from engine.model_dir import ModelDir
-from engine.tensorrt_plans import dense_range, feature_strides, incompatibility, merge_shape, profile_shapes
+from engine.model_directory.directory import ModelDir
+from engine.model_directory.tensorrt_plans import (dense_range, feature_strides, incompatibility, merge_shape,
+                                                  profile_shapes)
 from helpers import DEMO, model_dir_with_plans
 
 

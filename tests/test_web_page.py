@@ -24,9 +24,9 @@ from demo.export_shapes import MODEL_NAME
 from demo.shapes import CLASS_NAMES, EVAL_SEED_START, generate_scene
 from engine.image_io import decode_image
 from engine.render import PALETTE
+from harness.server import REPO, http_call, running_server
 from server_fixtures import encode_pil
 from helpers import SMALL_CLASSES
-from server_process import REPO, http_call, running_server
 
 ARTIFACTS = REPO / "test-artifacts"
 SEED = EVAL_SEED_START + 10  # held out from training, like every seed below TRAIN_SEED_START

@@ -29,7 +29,7 @@ from pathlib import Path
 MARKERS = {
     "slow": "not in the quick loop (-m \"not slow\"): every test with a marker that implies it, and "
             "in-process tests of many seconds",
-    "server": "starts the real `serve` process (tests/server_process.py) and talks HTTP to it",
+    "server": "starts the real `serve` process (harness/server.py) and talks HTTP to it",
     "docker": "builds or runs the serving image: needs a Docker engine (skips without one unless "
               "MASKRCNN_REQUIRE_DOCKER=1)",
     "browser": "drives headless Chromium with Selenium (chromium, chromium-driver) against the served web page",
@@ -143,6 +143,7 @@ MODULES: dict[str, Tier] = {
     }),
     "test_fuzz": Tier(fixtures={"server": ["server"]}, tests={"test_property": ["subprocess"]}),
     "test_gpu_backends": Tier("gpu"),
+    "test_harness": UNIT,
     "test_image_io": UNIT,
     "test_inference": UNIT,
     "test_int8_arithmetic": Tier(tests={

@@ -18,7 +18,7 @@ device buffers back to their pool there).
 precision bf16, the first that runs BF16: openvino). Without a precision each backend runs
 its default here (`default_precision`): BF16 for openvino where the CPU has BF16
 instructions (what runs in BF16 meets the BF16 accuracy criteria: see
-openvino_cpu.PLANS), FP32 everywhere else.
+openvino_plans.PLANS), FP32 everywhere else.
 Importing this package never needs a GPU package.
 """
 
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 # On the CPU openvino comes first: faster than ONNX Runtime alone on R50, the demo model
 # the same within noise (benchmarks/results/FIGURES.md).
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime-cpu")
-PRECISIONS = ("fp32", "bf16")  # what a caller may ask for; only openvino runs bf16
+AUTO_BACKEND = "auto"  # the first of BACKENDS that can run here
+BACKEND_CHOICES = (AUTO_BACKEND, *BACKENDS)  # what a caller may ask for (--backend, $MASKRCNN_BACKEND)
+PRECISIONS = ("fp32", "bf16")  # what a caller may ask for (--precision); only openvino runs bf16
 
 
 def _tensorrt_reason(model_dir) -> str | None:
@@ -53,7 +55,7 @@ def _tensorrt_reason(model_dir) -> str | None:
     section = model_dir.tensorrt
     if section is None:
         return "the model directory has no TensorRT plans (build them here: python build_engine.py --tensorrt --fp16 --output DIR)"
-    from ..tensorrt_plans import incompatibility
+    from ..model_directory.tensorrt_plans import incompatibility
 
     try:
         device = cuda_memory.device_info(0)
@@ -83,7 +85,7 @@ def available_backends(model_dir=None) -> dict[str, str | None]:
     this TensorRT and GPU. Without it, `tensorrt` only needs TensorRT and a GPU.
     """
     if model_dir is not None and not hasattr(model_dir, "config"):
-        from ..model_dir import ModelDir
+        from ..model_directory.directory import ModelDir
 
         model_dir = ModelDir.open(model_dir, verify_checksums=False)
     status: dict[str, str | None] = {
@@ -145,7 +147,8 @@ def choose_backend(status: dict[str, str | None]) -> str:
 
 def create_backend(name: str, model_dir, threads: int | None = None, cuda_tf32: bool = False,
                    precision: str | None = None):
-    """The backend `name` ("auto" picks the best available) for a checked ModelDir.
+    """The backend `name` (one of BACKEND_CHOICES; "auto" picks the best available) for a
+    checked ModelDir.
 
     threads: CPU threads (None: every usable core); cuda_tf32: TF32 convolutions on
     onnxruntime-cuda (off by default: TF32 moves boxes past the parity tolerances);
@@ -154,7 +157,7 @@ def create_backend(name: str, model_dir, threads: int | None = None, cuda_tf32: 
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     status = available_backends(model_dir)
-    if name == "auto":
+    if name == AUTO_BACKEND:
         if precision == "bf16":
             name = "openvino"
         else:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_config import GRAPHS  # noqa: F401  (the graph names, for the backends)
+from ..model_directory.config import GRAPHS  # noqa: F401  (the graph names, for the backends)
 
 # A stand-in RoI for a pyramid level that received none, so every head-graph input has at
 # least one row (TensorRT profiles and some runtimes dislike empty tensors); its output row

@@ -12,57 +12,16 @@ import logging
 import numpy as np
 
 from .. import int8_arithmetic
-from ..errors import ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 from .chunking import run_in_row_passes
+from .onnxruntime_common import CPU_MASK_HEAD_ROWS_PER_RUN, cpu_session, dense_outputs
 
 log = logging.getLogger(__name__)
 
 
-def dense_outputs(values: list, num_features: int, num_levels: int) -> DenseOutputs:
-    """ONNX Runtime's dense outputs in the order features, rpn_logits, rpn_deltas: the
-    feature OrtValues stay where they are, the RPN outputs become numpy arrays."""
-    n, r = num_features, num_levels
-    return DenseOutputs(
-        features=values[:n],
-        rpn_logits=[v.numpy() for v in values[n : n + r]],
-        rpn_deltas=[v.numpy() for v in values[n + r :]],
-    )
-
-
-def cpu_session(path, threads: int):
-    """An ONNX Runtime CPU session for one graph, set up for serving (ModelDirError if the
-    file cannot be loaded)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle ORT threads would otherwise spin on the cores after each graph, slowing the
-    # numpy stages between graphs and the rendering after predict (both faster without it;
-    # benchmarks/results/FIGURES.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # ONNX Runtime's memory pattern plans one block per input shape from the second run
-    # on, allocated beside the arena chunks the first run left: R50's steady RSS grew
-    # markedly with it, at the same speed, so it is off (the arena still reuses buffers).
-    options.enable_mem_pattern = False
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise ModelDirError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
-
-
 class OnnxRuntimeCpuBackend(Backend):
     name = "onnxruntime-cpu"
-    # The mask head runs on at most this many detections at a time. ONNX Runtime's arena
-    # keeps the largest activations it has ever needed, megabytes per RoI for R50, so
-    # max_detections=1000 in one run grew the process by gigabytes for good; in passes the
-    # arena is bounded by this many rows, reached at warm-up (Engine.warmup runs 100
-    # detections). Not fewer: smaller passes were slower on R50 (the convolutions are faster
-    # on larger batches).
-    MASK_HEAD_ROWS_PER_RUN = 100
+    MASK_HEAD_ROWS_PER_RUN = CPU_MASK_HEAD_ROWS_PER_RUN  # why: onnxruntime_common
 
     def __init__(self, model_dir, threads: int | None = None):
         import onnxruntime as ort

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelDirError
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
-from .onnxruntime_cpu import dense_outputs
+from .onnxruntime_common import dense_outputs
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,14 @@ Feature maps stay in the dense graph's output tensors, read as numpy views (shar
 until `release`. Where the native RoIAlign is built (engine.roi_align; `pooling="native"`,
 the default then), the dense graph writes them channels-last (NHWC, at no cost in OpenVINO),
 the RoIs are pooled natively into the head's infer-request tensor, and both heads run on
-OpenVINO cut at their pooled input (`pooled_head`: the graph's own RoiAlign nodes dropped).
-The box head takes its input channels-last, fc6's weight columns permuted to match
-(`channels_last_head`), and in an INT8 directory already quantized to uint8
-(`quantized_input_head`). Otherwise (`pooling="graph"`) the heads take the NCHW maps with
+OpenVINO cut at their pooled input (openvino_graphs.pooled_head: the graph's own RoiAlign
+nodes dropped). The box head takes its input channels-last, fc6's weight columns permuted to
+match (channels_last_head), and in an INT8 directory already quantized to uint8
+(quantized_input_head). Otherwise (`pooling="graph"`) the heads take the NCHW maps with
 their RoiAlign, without copies (share_inputs), and a head that runs on ONNX Runtime wraps
-the same memory in OrtValues. Each call takes an infer request from a per-graph pool, so
-concurrent `predict` calls never share one.
+the same memory in OrtValues. Which runtime runs each graph, at what precision, is the plan
+(openvino_plans). Each call takes an infer request from a per-graph pool, so concurrent
+`predict` calls never share one.
 """
 
 from __future__ import annotations
@@ -25,275 +26,16 @@ import numpy as np
 
 from .. import int8_arithmetic
 from ..errors import BackendUnavailableError, ModelDirError
+from . import PRECISIONS
 from .base import GRAPHS, Backend, DenseOutputs, default_threads, rpn_output_names
 from .chunking import run_in_row_passes
-from .onnxruntime_cpu import OnnxRuntimeCpuBackend, cpu_session
+from .onnxruntime_common import CPU_MASK_HEAD_ROWS_PER_RUN, cpu_session
+from .openvino_graphs import native_head, seven_bit_weights
+from .openvino_plans import POOLINGS, check_plan, plan_for
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")  # what `precision` may ask for
 _OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
-RUNTIMES = ("openvino", "onnxruntime")  # what each graph may run on (ONNX Runtime: FP32 only)
-POOLINGS = ("native", "graph")  # engine.roi_align, or the head graphs' own RoiAlign
-
-# Which runtime runs each graph, and at what precision, for each precision asked for: the
-# fastest that meets the BF16 accuracy criteria (benchmarks/backend_accuracy.py), by
-# measurement (benchmarks/graph_runtimes.py and benchmarks/backend_accuracy.py; the figures
-# behind each choice below are in benchmarks/results/FIGURES.md).
-#
-# With the native RoIAlign (pooling="native", wherever the package was built with a C
-# compiler) every graph runs on OpenVINO, the heads cut after their RoiAlign (ONNX Runtime
-# cannot run a cut graph without the onnx package at serving time): the box head ran faster
-# there than ONNX Runtime's whole box head, both heads faster in BF16 than in FP32, the
-# native pooling a small part of each. Under bf16 every graph runs BF16: with the pooling
-# in FP32 the demo model (held-out scenes, against ONNX Runtime FP32) stays within the
-# accuracy criteria. (With the graphs' own RoiAlign, OpenVINO ran it in BF16 too, RoI
-# coordinates included, and mask AP fell past them: GRAPH_POOLING_PLANS keeps the heads
-# FP32.)
-PLANS = {precision: {graph: ("openvino", precision) for graph in GRAPHS} for precision in PRECISIONS}
-# INT8 model directories: every graph on OpenVINO, FP32 between the INT8 layers by default
-# (engine.backends.default_precision); the box head's fc6 in INT8 is most of its time.
-QUANTIZED_PLANS = PLANS
-
-# Without the native RoIAlign (pooling="graph"), as measured on a Xeon with AMX:
-# - fp32: the dense graph is faster on OpenVINO, the box head on ONNX Runtime (its RoiAlign
-#   is the faster one for the RPN's proposals), the mask head the same within noise on both.
-# - bf16: only the dense graph runs BF16 (far faster than at FP32 for R50, within the
-#   accuracy criteria). The heads' RoiAlign in BF16 cost mask AP past them and the box
-#   head ran slower on OpenVINO, so they stay FP32 on ONNX Runtime.
-GRAPH_POOLING_PLANS = {
-    "fp32": {"dense": ("openvino", "fp32"), "box_head": ("onnxruntime", "fp32"), "mask_head": ("onnxruntime", "fp32")},
-    "bf16": {"dense": ("openvino", "bf16"), "box_head": ("onnxruntime", "fp32"), "mask_head": ("onnxruntime", "fp32")},
-}
-# INT8 directories, same Xeon: OpenVINO runs the quantized dense graph and the mask head
-# faster than ONNX Runtime; the box head is RoiAlign-bound (float in both) and stays on ONNX
-# Runtime.
-GRAPH_POOLING_QUANTIZED_PLANS = {
-    precision: {"dense": ("openvino", precision), "box_head": ("onnxruntime", "fp32"), "mask_head": ("openvino", precision)}
-    for precision in PRECISIONS
-}
-
-
-def _pooled_parameter(shape, element_type):
-    """A Parameter "pooled" (its tensor named so too) of `shape`, R (the first) dynamic: the
-    input the native RoIAlign fills."""
-    import openvino as ov
-
-    parameter = ov.opset13.parameter(ov.PartialShape([-1, *shape[1:]]), element_type, name="pooled")
-    parameter.output(0).get_tensor().set_names({"pooled"})
-    return parameter
-
-
-def _with_pooled_input(model, parameter):
-    """`model` rebuilt with `parameter` (now wired in) as its "pooled" input, in place of the
-    one it had."""
-    import openvino as ov
-
-    others = [p for p in model.get_parameters() if p.get_friendly_name() != "pooled"]
-    return ov.Model(model.get_results(), [parameter] + others, model.get_friendly_name())
-
-
-def pooled_head(model, pooled_shape):
-    """The head graph `model` (an openvino.Model) cut at its pooled RoI features: the Concat
-    of its per-level ROIAlign outputs (or the one ROIAlign) becomes a Parameter "pooled" of
-    pooled_shape (R, C, PH, PW, R dynamic), and the RoiAlign nodes and their rois_<j> and
-    feature inputs fall away. Other inputs (the mask head's class_ids) stay."""
-    import openvino as ov
-
-    aligns = [op for op in model.get_ordered_ops() if op.get_type_name() == "ROIAlign"]
-    if not aligns:
-        raise ModelDirError(f"{model.get_friendly_name()}: no ROIAlign node to cut the head graph at")
-    consumers = {t.get_node().get_friendly_name(): t.get_node() for a in aligns for t in a.output(0).get_target_inputs()}
-    if len(aligns) == 1:
-        cut = aligns[0]
-    elif len(consumers) == 1 and next(iter(consumers.values())).get_type_name() == "Concat":
-        cut = next(iter(consumers.values()))
-    else:
-        raise ModelDirError(f"the head graph's ROIAlign outputs feed {sorted(consumers)}, not one Concat")
-    pooled = _pooled_parameter(pooled_shape, ov.Type.f32)
-    cut.output(0).replace(pooled.output(0))
-    # the parameters the results still depend on (the dropped RoiAlign nodes still hold their
-    # feature and rois_<j> inputs, so "has a consumer" would keep those)
-    reached, stack = set(), [r for r in model.get_results()]
-    while stack:
-        node = stack.pop()
-        if node.get_instance_id() in reached:
-            continue
-        reached.add(node.get_instance_id())
-        stack.extend(i.get_source_output().get_node() for i in node.inputs())
-    kept = [p for p in model.get_parameters() if p.get_instance_id() in reached]
-    return ov.Model(model.get_results(), [pooled] + kept, model.get_friendly_name())
-
-
-# What may lie between a head's flatten and its first fully connected layer (an INT8
-# directory's quantize/dequantize of the activations, with scalar parameters), and in that
-# layer's weights (their dequantization, per output channel).
-_ACTIVATION_OPS = {"FakeQuantize", "Convert", "Subtract", "Multiply"}
-_WEIGHT_OPS = {"Constant", "Convert", "Subtract", "Multiply", "Reshape"}
-
-
-def channels_last_head(model):
-    """The cut head `model` (pooled_head's) taking its pooled features channels-last,
-    (R, PH, PW, C), where it flattens them straight into a fully connected layer (the box
-    head's fc6): the flatten then orders them (ph, pw, c), and the layer's weight columns are
-    permuted to match, so the native RoIAlign writes its bins without a transpose (a large
-    share of its time) and no Transpose runs in the graph. None where the graph
-    is not of that form (the mask head's convolutions take NCHW)."""
-    import openvino as ov
-
-    pooled = next(p for p in model.get_parameters() if p.get_friendly_name() == "pooled")
-    c, ph, pw = (d.get_length() for d in list(pooled.get_partial_shape())[1:])
-    k = c * ph * pw
-    (flatten,) = [t.get_node() for t in pooled.output(0).get_target_inputs()] or [None]
-    if flatten is None or flatten.get_type_name() != "Reshape" or flatten.get_output_partial_shape(0).rank.get_length() != 2:
-        return None
-    node = flatten
-    while True:  # forward to the fully connected layer
-        consumers = [t for t in node.output(0).get_target_inputs()]
-        if len(consumers) != 1:
-            return None
-        target, index = consumers[0].get_node(), consumers[0].get_index()
-        if target.get_type_name() == "MatMul":
-            if index != 0 or target.get_attributes()["transpose_a"]:
-                return None
-            matmul = target
-            break
-        others = [i for j, i in enumerate(target.inputs()) if j != index]
-        if target.get_type_name() not in _ACTIVATION_OPS or any(
-                not i.get_partial_shape().is_static or int(np.prod(list(i.get_shape()))) != 1 for i in others):
-            return None
-        node = target
-    axis = 1 if matmul.get_attributes()["transpose_b"] else 0  # the input-feature axis of the weights
-    constants, stack, seen = [], [matmul.input(1).get_source_output().get_node()], set()
-    while stack:  # back through the weights' dequantization to the constants holding columns
-        weight = stack.pop()
-        if weight.get_instance_id() in seen:
-            continue
-        seen.add(weight.get_instance_id())
-        if weight.get_type_name() not in _WEIGHT_OPS:
-            return None
-        shape = list(weight.get_output_partial_shape(0).to_shape()) if weight.get_output_partial_shape(0).is_static else None
-        if shape is None:
-            return None
-        if weight.get_type_name() == "Constant":
-            if len(shape) == 2 and shape[axis] == k and shape[1 - axis] != k:
-                constants.append(weight)
-            elif k in shape:
-                return None
-        elif weight.get_type_name() == "Reshape" and k in shape:
-            return None
-        stack.extend(i.get_source_output().get_node() for i in weight.inputs())
-    if not constants:
-        return None
-    # new column b * C + ch (bin b, channel ch) is old column ch * PH * PW + b
-    order = np.arange(k).reshape(c, ph * pw).T.reshape(-1)
-    for constant in constants:
-        permuted = ov.opset13.constant(np.take(constant.get_data(), order, axis=axis))
-        permuted.set_friendly_name(constant.get_friendly_name())
-        constant.output(0).replace(permuted.output(0))
-    channels_last = _pooled_parameter((None, ph, pw, c), ov.Type.f32)
-    flatten.input(0).replace_source_output(channels_last.output(0))
-    return _with_pooled_input(model, channels_last)
-
-
-def quantized_input_head(model):
-    """The channels-last head `model` (channels_last_head's) taking its pooled features as
-    uint8 where an INT8 directory quantizes them first thing (flatten -> FakeQuantize to 256
-    levels -> Convert to u8): the native RoIAlign quantizes as it writes (a quarter of the
-    bytes), and the graph's FakeQuantize over 12.5 M values (for 1000 RoIs) goes.
-    Returns (model, (low, high)), the FakeQuantize's input range, or None where the graph
-    is not of that form."""
-    import openvino as ov
-
-    pooled = next(p for p in model.get_parameters() if p.get_friendly_name() == "pooled")
-    (flatten,) = [t.get_node() for t in pooled.output(0).get_target_inputs()]
-    (fq,) = [t.get_node() for t in flatten.output(0).get_target_inputs()] or [None]
-    if fq is None or fq.get_type_name() != "FakeQuantize" or fq.get_attributes()["levels"] != 256:
-        return None
-    bounds = [fq.input(i).get_source_output().get_node() for i in range(1, 5)]
-    if any(b.get_type_name() != "Constant" or b.get_data().size != 1 for b in bounds):
-        return None
-    low, high, out_low, out_high = (float(b.get_data().reshape(-1)[0]) for b in bounds)
-    consumers = [t.get_node() for t in fq.output(0).get_target_inputs()]
-    if (out_low, out_high) != (0.0, 255.0) or not high > low or len(consumers) != 1 or (
-            consumers[0].get_type_name() != "Convert" or consumers[0].get_output_element_type(0) != ov.Type.u8):
-        return None
-    quantized = _pooled_parameter(list(pooled.get_partial_shape()), ov.Type.u8)
-    reshape = ov.opset13.reshape(quantized, flatten.input(1).get_source_output(), flatten.get_attributes()["special_zero"])
-    consumers[0].output(0).replace(reshape.output(0))
-    return _with_pooled_input(model, quantized), (low, high)
-
-
-def _single_consumer(node):
-    """(node, input index) of `node`'s only consumer, or (None, None)."""
-    targets = list(node.output(0).get_target_inputs())
-    return (targets[0].get_node(), targets[0].get_index()) if len(targets) == 1 else (None, None)
-
-
-def _constant_behind(node):
-    """The Constant that `node` (a Constant, or a Reshape/Convert chain from one, each used
-    only on this path) is, or None."""
-    while node.get_type_name() in ("Reshape", "Convert", "Unsqueeze"):
-        if _single_consumer(node)[0] is None:
-            return None
-        node = node.input(0).get_source_output().get_node()
-    return node if node.get_type_name() == "Constant" and _single_consumer(node)[0] is not None else None
-
-
-def seven_bit_weights(model) -> tuple[int, int]:
-    """Requantize `model`'s 8-bit INT8 weights to 7 bits in place, for a CPU whose INT8 kernels
-    saturate U8 x S8 pair sums (engine.int8_arithmetic): each S8 weight tensor with values
-    beyond +-64 (Constant -> Convert -> [Subtract zero point] -> Multiply scale, the form
-    OpenVINO reads an ONNX DequantizeLinear in) becomes round(w / 2) with its scale doubled.
-    That adds at most half a weight step of rounding, where saturation was unbounded.
-    Returns (requantized, left): tensors rewritten, and 8-bit ones of another form (a
-    non-zero zero point, shared scales) left as they were."""
-    import openvino as ov
-
-    limit = int8_arithmetic.SEVEN_BIT_LIMIT
-    requantized = left = 0
-    for constant in [op for op in model.get_ordered_ops()
-                     if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8]:
-        weights = constant.get_data()
-        if weights.size == 0 or int(np.abs(weights.astype(np.int16)).max()) <= limit:
-            continue
-        convert, _ = _single_consumer(constant)
-        if convert is None or convert.get_type_name() != "Convert":
-            continue  # not a weight's dequantization (a zero point is Convert -> Reshape, and small)
-        node, index = _single_consumer(convert)
-        if node is not None and node.get_type_name() == "Subtract" and index == 0:
-            zero_point = _constant_behind(node.input(1).get_source_output().get_node())
-            if zero_point is None or np.any(zero_point.get_data()):
-                left += 1
-                continue
-            node, index = _single_consumer(node)
-        scale = _constant_behind(node.input(1 - index).get_source_output().get_node()) if (
-            node is not None and node.get_type_name() == "Multiply") else None
-        if scale is None or scale.get_output_element_type(0) != ov.Type.f32:
-            left += 1
-            continue
-        halved = np.clip(np.round(weights.astype(np.float32) / 2), -limit, limit).astype(np.int8)
-        for old, data in ((constant, halved), (scale, scale.get_data() * np.float32(2))):
-            new = ov.opset13.constant(data)
-            new.set_friendly_name(old.get_friendly_name())
-            old.output(0).replace(new.output(0))
-        requantized += 1
-    return requantized, left
-
-
-def native_head(model, channels: int, output_size):
-    """The head graph `model` as the backend runs it with the native RoIAlign: cut at its
-    pooled input (pooled_head), channels-last where it flattens that into a fully connected
-    layer (channels_last_head), uint8 where that layer is INT8 (quantized_input_head).
-    Returns (model, channels_last, quantize: (low, high) or None)."""
-    head = pooled_head(model, (None, channels, *output_size))
-    channels_last = channels_last_head(head)
-    if channels_last is None:
-        return head, False, None
-    quantized = quantized_input_head(channels_last)
-    if quantized is None:
-        return channels_last, True, None
-    return quantized[0], True, quantized[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -336,18 +78,18 @@ class _Features(list):
 
 class OpenVinoCpuBackend(Backend):
     name = "openvino"
-    # the mask head takes at most this many detections at a time, as on OnnxRuntimeCpuBackend
-    # (why 100: there), so its memory is bounded by what warm-up reached
-    MASK_HEAD_ROWS_PER_RUN = OnnxRuntimeCpuBackend.MASK_HEAD_ROWS_PER_RUN
+    # the mask head takes at most this many detections at a time, as on onnxruntime-cpu (why:
+    # onnxruntime_common), so its memory is bounded by what warm-up reached
+    MASK_HEAD_ROWS_PER_RUN = CPU_MASK_HEAD_ROWS_PER_RUN
 
     def __init__(self, model_dir, threads: int | None = None, precision: str = "fp32",
                  plan: dict[str, tuple[str, str]] | None = None, pooling: str | None = None):
         """precision: "fp32" or "bf16" (BackendUnavailableError where this CPU lacks BF16);
-        it selects PLANS[precision] (QUANTIZED_PLANS for an INT8 model directory; the
-        GRAPH_POOLING_ ones under pooling="graph"). pooling: "native" (engine.roi_align; the
-        default where it is built) or "graph". plan: {graph: (runtime, precision)} over that,
-        for measuring other configurations (runtime one of RUNTIMES; ONNX Runtime runs FP32
-        only, and only under pooling="graph"; the dense graph on OpenVINO)."""
+        it selects the plan (openvino_plans.plan_for: PLANS[precision], QUANTIZED_PLANS for an
+        INT8 model directory, the GRAPH_POOLING_ ones under pooling="graph"). pooling: "native"
+        (engine.roi_align; the default where it is built) or "graph". plan: {graph: (runtime,
+        precision)} over that, for measuring other configurations (openvino_plans.check_plan
+        says what may be asked)."""
         import openvino as ov
 
         from .. import roi_align
@@ -361,20 +103,8 @@ class OpenVinoCpuBackend(Backend):
             raise BackendUnavailableError("pooling native: the native RoIAlign is not built (engine.roi_align)")
         quantized = model_dir.config.quantization is not None
         native = self.pooling == "native"
-        plans = (QUANTIZED_PLANS if native else GRAPH_POOLING_QUANTIZED_PLANS) if quantized else (
-            PLANS if native else GRAPH_POOLING_PLANS)
-        self.plan = {**plans[precision], **(plan or {})}
-        for graph, (runtime, graph_precision) in self.plan.items():
-            if graph not in GRAPHS or runtime not in RUNTIMES or graph_precision not in PRECISIONS or (
-                    runtime == "onnxruntime" and graph_precision != "fp32"):
-                raise ValueError(f"plan: {graph}=({runtime!r}, {graph_precision!r}); graphs are {', '.join(GRAPHS)}, "
-                                 f"runtimes {', '.join(RUNTIMES)} and precisions {', '.join(PRECISIONS)} "
-                                 "(onnxruntime: fp32)")
-        if self.plan["dense"][0] != "openvino":
-            raise ValueError("plan: the dense graph runs on openvino here (backend onnxruntime-cpu runs it on ONNX Runtime)")
-        if native and any(runtime != "openvino" for runtime, _ in self.plan.values()):
-            raise ValueError("plan: under pooling native every graph runs on openvino (the heads are cut at their "
-                             "pooled input; ONNX Runtime runs the uncut graphs: pooling graph)")
+        self.plan = {**plan_for(precision, quantized, self.pooling), **(plan or {})}
+        check_plan(self.plan, self.pooling)
         core = shared_core()
         supported = cpu_precisions(core)
         if any(p not in supported for _, p in self.plan.values()):
@@ -553,8 +283,8 @@ class OpenVinoCpuBackend(Backend):
         """One run of head `key` ("box_head" or "mask_head") cut at its pooled input: the RoIs
         pooled natively from the NHWC maps straight into the infer request's own input tensor
         ((R, PH, PW, C) for a head that takes it channels-last, else (R, C, PH, PW)), which the
-        request keeps between calls (a fresh 50 MB array per call cost more in page faults
-        than the pooling itself); outputs copied out."""
+        request keeps between calls (a fresh array per call, R x C x PH x PW floats, cost more
+        in page faults than the pooling itself); outputs copied out."""
         config = self.head_configs[key]
         request = self._acquire(key)
         try:

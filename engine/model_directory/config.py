@@ -22,14 +22,12 @@ pixels per image pixel (1/4 for the stride-4 map).
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelDirError
-from .masks import PASTE_MODES  # torchvision's paste, the aligned one, or detectron2's grid_sample
+from ..errors import ModelDirError
+from ..masks import PASTE_MODES  # torchvision's paste, the aligned one, or detectron2's grid_sample
+from .schema import Invalid, Section, convention, fraction, kind, one_of, positive, require
 
 # The conventions below are data, each with torchvision's behaviour as its default, so that
 # model directories written before a field existed load and behave exactly as they did.
@@ -42,143 +40,17 @@ BACKGROUND_COLUMNS = ("first", "last")  # see BoxHeadConfig
 
 MODEL_FORMAT = "maskrcnn-serve/1"
 GRAPHS = ("dense", "box_head", "mask_head")  # the three ONNX graphs (and TensorRT plans) of a model
-PRECISIONS = ("fp32", "fp16", "int8")  # TensorRT plan precisions
-
-
-def _convention(default, kw_only: bool = False):
-    """A field for one of the conventions above: left out of model.json while it holds its
-    default (torchvision's behaviour), so directories of torchvision models read and write
-    as they always have."""
-    return field(default=default, kw_only=kw_only, metadata={"omit_default": True})
-
-
-class _Invalid(ValueError):
-    """A value that does not fit the schema; `where` is its dotted key. A ValueError for code
-    that builds a config (the exporter); ModelConfig.from_json turns it into a ModelDirError."""
-
-    def __init__(self, where: str, problem: str):
-        super().__init__(f"{where} {problem}")
-        self.where, self.problem = where, problem
-
-
-def _require(condition: bool, where: str, problem: str) -> None:
-    if not condition:
-        raise _Invalid(where, problem)
-
-
-def _fraction(value: float, where: str) -> None:
-    _require(0.0 <= value <= 1.0, where, f"must be in [0, 1], got {value!r}")
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")  # what TensorRT plans are built in
 
 
 def _box_coder(weights: tuple, clip: float) -> None:
     """torchvision BoxCoder(weights, bbox_xform_clip): both positive."""
-    _positive(weights, "box_coder_weights")
-    _positive(clip, "bbox_xform_clip")
-
-
-def _one_of(value: str, choices: tuple, where: str) -> None:
-    _require(value in choices, where, f"must be one of {list(choices)}, got {value!r}")
-
-
-def _positive(values, where: str) -> None:
-    for i, value in enumerate(values if isinstance(values, tuple) else (values,)):
-        _require(value > 0, where if not isinstance(values, tuple) else f"{where}[{i}]",
-                 f"must be positive, got {value!r}")
-
-
-class _Section:
-    """Parsing and writing for the dataclasses below (fields typed with the hints handled in _convert)."""
-
-    def check(self) -> None:
-        """Ranges and relations between fields; raises _Invalid with the field's name."""
-
-    def __post_init__(self):
-        # Constructed in code (the exporter) or parsed: either way the ranges hold.
-        self.check()
-
-    @classmethod
-    def parse(cls, data, where: str):
-        _require(isinstance(data, dict), where, f"must be an object, got {_kind(data)}")
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)  # a typo is an error, not a silently ignored key
-        _require(not unknown, f"{where}.{unknown[0]}" if unknown else where, "is not a known key")
-        values = {}
-        for f in dataclasses.fields(cls):
-            key = f"{where}.{f.name}" if where else f.name
-            if f.name in data:
-                values[f.name] = _convert(data[f.name], hints[f.name], key)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _Invalid(key, "is missing")
-        try:
-            return cls(**values)
-        except _Invalid as exc:  # check() names the field; prefix the section
-            raise _Invalid(f"{where}.{exc.where}" if where else exc.where, exc.problem) from None
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict (tuples become lists when dumped); None-valued optional sections left out."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if (value is None and f.default is None) or (f.metadata.get("omit_default") and value == f.default):
-                continue
-            out[f.name] = _to_json(value)
-        return out
-
-
-def _to_json(value):
-    if isinstance(value, _Section):
-        return value.to_json()
-    if isinstance(value, tuple):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    return value
-
-
-def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), f"{type(value).__name__} {value!r}")
-
-
-def _convert(value, hint, where: str):
-    """`value` from JSON as the type `hint` says: int, float, str, bool, dict, tuple[X, ...],
-    tuple[X, Y], X | None, or a _Section subclass."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
-    if isinstance(hint, type) and issubclass(hint, _Section):
-        return hint.parse(value, where)
-    if hint is bool:
-        _require(isinstance(value, bool), where, f"must be true or false, got {_kind(value)}")
-        return value
-    if hint is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), where, f"must be an integer, got {_kind(value)}")
-        return value
-    if hint is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                 where, f"must be a finite number, got {_kind(value)}")
-        return float(value)
-    if hint is str:
-        _require(isinstance(value, str), where, f"must be a string, got {_kind(value)}")
-        return value
-    if origin is dict or hint is dict:
-        _require(isinstance(value, dict), where, f"must be an object, got {_kind(value)}")
-        return dict(value)
-    if origin is tuple:
-        _require(isinstance(value, list), where, f"must be a list, got {_kind(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        _require(len(value) == len(args), where, f"must have {len(args)} entries, got {len(value)}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    raise TypeError(f"no JSON conversion for {hint!r} ({where})")  # a schema bug, not a user error
+    positive(weights, "box_coder_weights")
+    positive(clip, "bbox_xform_clip")
 
 
 @dataclass(frozen=True)
-class TransformConfig(_Section):
+class TransformConfig(Section):
     """The network input: (x / 255 * pixel_range - mean) / std per channel, channels in
     channel_order; the short side scaled to min_size unless the long side would pass max_size;
     padded to a multiple of size_divisible (bottom and right).
@@ -197,26 +69,26 @@ class TransformConfig(_Section):
     min_size: int
     max_size: int
     size_divisible: int
-    resize: str = _convention(RESIZE_RULES[0])
-    channel_order: str = _convention(CHANNEL_ORDERS[0])
-    pixel_range: float = _convention(1.0)  # 1.0: mean and std are in 0..1 (torchvision); 255.0: in 0..255 (detectron2)
-    clip_output: bool = _convention(False)
+    resize: str = convention(RESIZE_RULES[0])
+    channel_order: str = convention(CHANNEL_ORDERS[0])
+    pixel_range: float = convention(1.0)  # 1.0: mean and std are in 0..1 (torchvision); 255.0: in 0..255 (detectron2)
+    clip_output: bool = convention(False)
 
     def check(self):
-        _positive(self.image_std, "image_std")
+        positive(self.image_std, "image_std")
         if self.resize == "shortest_edge":
-            _require(self.min_size >= 0, "min_size", f"must be >= 0 (0: no resize), got {self.min_size!r}")
+            require(self.min_size >= 0, "min_size", f"must be >= 0 (0: no resize), got {self.min_size!r}")
         else:
-            _positive(self.min_size, "min_size")
-        _positive(self.max_size, "max_size")
-        _positive(self.size_divisible, "size_divisible")
-        _one_of(self.resize, RESIZE_RULES, "resize")
-        _one_of(self.channel_order, CHANNEL_ORDERS, "channel_order")
-        _positive(self.pixel_range, "pixel_range")
+            positive(self.min_size, "min_size")
+        positive(self.max_size, "max_size")
+        positive(self.size_divisible, "size_divisible")
+        one_of(self.resize, RESIZE_RULES, "resize")
+        one_of(self.channel_order, CHANNEL_ORDERS, "channel_order")
+        positive(self.pixel_range, "pixel_range")
 
 
 @dataclass(frozen=True)
-class RpnConfig(_Section):
+class RpnConfig(Section):
     """torchvision RegionProposalNetwork (eval): anchors per level, BoxCoder(box_coder_weights,
     bbox_xform_clip), pre_nms_top_n per level, NMS at nms_thresh per level, post_nms_top_n in all.
 
@@ -238,38 +110,38 @@ class RpnConfig(_Section):
     min_size: float  # boxes with a side under this (pixels) are dropped
     box_coder_weights: tuple[float, float, float, float]
     bbox_xform_clip: float
-    anchor_order: str = _convention(ANCHOR_ORDERS[0])
-    anchor_round: bool = _convention(True)
-    anchor_offset: float = _convention(0.0)
+    anchor_order: str = convention(ANCHOR_ORDERS[0])
+    anchor_round: bool = convention(True)
+    anchor_offset: float = convention(0.0)
     anchor_strides: tuple[int, ...] | None = None
-    objectness: str = _convention(OBJECTNESS_SCORES[0])
-    min_size_rule: str = _convention(MIN_SIZE_RULES[0])
+    objectness: str = convention(OBJECTNESS_SCORES[0])
+    min_size_rule: str = convention(MIN_SIZE_RULES[0])
 
     def check(self):
-        _require(len(self.anchor_sizes) >= 1, "anchor_sizes", "must list at least one level")
-        _one_of(self.anchor_order, ANCHOR_ORDERS, "anchor_order")
-        _one_of(self.objectness, OBJECTNESS_SCORES, "objectness")
-        _one_of(self.min_size_rule, MIN_SIZE_RULES, "min_size_rule")
+        require(len(self.anchor_sizes) >= 1, "anchor_sizes", "must list at least one level")
+        one_of(self.anchor_order, ANCHOR_ORDERS, "anchor_order")
+        one_of(self.objectness, OBJECTNESS_SCORES, "objectness")
+        one_of(self.min_size_rule, MIN_SIZE_RULES, "min_size_rule")
         if self.anchor_strides is not None:
-            _require(len(self.anchor_strides) == len(self.anchor_sizes), "anchor_strides",
+            require(len(self.anchor_strides) == len(self.anchor_sizes), "anchor_strides",
                      f"must have one entry per level ({len(self.anchor_sizes)}), got {len(self.anchor_strides)}")
-            _positive(self.anchor_strides, "anchor_strides")
-        _require(len(self.aspect_ratios) == len(self.anchor_sizes), "aspect_ratios",
+            positive(self.anchor_strides, "anchor_strides")
+        require(len(self.aspect_ratios) == len(self.anchor_sizes), "aspect_ratios",
                  f"must have one entry per level ({len(self.anchor_sizes)}), got {len(self.aspect_ratios)}")
         for name in ("anchor_sizes", "aspect_ratios"):
             for level, values in enumerate(getattr(self, name)):
-                _require(len(values) >= 1, f"{name}[{level}]", "must not be empty")
-                _positive(values, f"{name}[{level}]")
-        _positive(self.pre_nms_top_n, "pre_nms_top_n")
-        _positive(self.post_nms_top_n, "post_nms_top_n")
-        _fraction(self.nms_thresh, "nms_thresh")
-        _fraction(self.score_thresh, "score_thresh")
-        _require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
+                require(len(values) >= 1, f"{name}[{level}]", "must not be empty")
+                positive(values, f"{name}[{level}]")
+        positive(self.pre_nms_top_n, "pre_nms_top_n")
+        positive(self.post_nms_top_n, "post_nms_top_n")
+        fraction(self.nms_thresh, "nms_thresh")
+        fraction(self.score_thresh, "score_thresh")
+        require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
         _box_coder(self.box_coder_weights, self.bbox_xform_clip)
 
 
 @dataclass(frozen=True)
-class RoIPoolConfig(_Section):
+class RoIPoolConfig(Section):
     """torchvision MultiScaleRoIAlign: which feature maps (indices into ModelConfig.features)
     at which scales, and its LevelMapper (canonical_scale, canonical_level).
 
@@ -287,18 +159,18 @@ class RoIPoolConfig(_Section):
     canonical_scale: int
     canonical_level: int
     # keyword-only: the subclasses' own fields, without defaults, follow these
-    aligned: bool = _convention(False, kw_only=True)
-    level_epsilon: float = _convention(1e-6, kw_only=True)
-    level_epsilon_in_log: bool = _convention(False, kw_only=True)
+    aligned: bool = convention(False, kw_only=True)
+    level_epsilon: float = convention(1e-6, kw_only=True)
+    level_epsilon_in_log: bool = convention(False, kw_only=True)
 
     def check(self):
-        _require(len(self.scales) >= 1, "scales", "must list at least one level")
+        require(len(self.scales) >= 1, "scales", "must list at least one level")
         for name in ("featmap_names", "feature_indices"):
-            _require(len(getattr(self, name)) == len(self.scales), name,
+            require(len(getattr(self, name)) == len(self.scales), name,
                      f"must have one entry per scale ({len(self.scales)}), got {len(getattr(self, name))}")
-        _positive(self.scales, "scales")
-        _positive(self.output_size, "output_size")
-        _positive(self.canonical_scale, "canonical_scale")
+        positive(self.scales, "scales")
+        positive(self.output_size, "output_size")
+        positive(self.canonical_scale, "canonical_scale")
 
 
 @dataclass(frozen=True)
@@ -317,17 +189,17 @@ class BoxHeadConfig(RoIPoolConfig):
     score_thresh: float
     nms_thresh: float
     detections_per_img: int
-    background: str = _convention(BACKGROUND_COLUMNS[0], kw_only=True)
-    min_size: float = _convention(1e-2, kw_only=True)
+    background: str = convention(BACKGROUND_COLUMNS[0], kw_only=True)
+    min_size: float = convention(1e-2, kw_only=True)
 
     def check(self):
         super().check()
-        _one_of(self.background, BACKGROUND_COLUMNS, "background")
-        _require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
+        one_of(self.background, BACKGROUND_COLUMNS, "background")
+        require(self.min_size >= 0, "min_size", f"must be >= 0, got {self.min_size!r}")
         _box_coder(self.box_coder_weights, self.bbox_xform_clip)
-        _fraction(self.score_thresh, "score_thresh")
-        _fraction(self.nms_thresh, "nms_thresh")
-        _positive(self.detections_per_img, "detections_per_img")
+        fraction(self.score_thresh, "score_thresh")
+        fraction(self.nms_thresh, "nms_thresh")
+        positive(self.detections_per_img, "detections_per_img")
 
 
 @dataclass(frozen=True)
@@ -340,29 +212,29 @@ class MaskHeadConfig(RoIPoolConfig):
     mask_size: int
     mask_threshold: float = 0.5  # optional in model.json: the first exports did not write these two
     paste: str = PASTE_MODES[0]
-    background_channel: bool = _convention(True)
+    background_channel: bool = convention(True)
 
     def check(self):
         super().check()
-        _positive(self.mask_size, "mask_size")
-        _fraction(self.mask_threshold, "mask_threshold")
-        _require(self.paste in PASTE_MODES, "paste", f"must be one of {PASTE_MODES}, got {self.paste!r}")
+        positive(self.mask_size, "mask_size")
+        fraction(self.mask_threshold, "mask_threshold")
+        require(self.paste in PASTE_MODES, "paste", f"must be one of {PASTE_MODES}, got {self.paste!r}")
 
 
 @dataclass(frozen=True)
-class GraphFile(_Section):
+class GraphFile(Section):
     """A file of the model directory (relative name) and its sha256, checked at load when given."""
 
     file: str
     sha256: str | None = None
 
     def check(self):
-        _require(bool(self.file) and not Path(self.file).is_absolute() and ".." not in Path(self.file).parts,
+        require(bool(self.file) and not Path(self.file).is_absolute() and ".." not in Path(self.file).parts,
                  "file", f"must be a file name inside the model directory, got {self.file!r}")
 
 
 @dataclass(frozen=True)
-class GraphFiles(_Section):
+class GraphFiles(Section):
     """The three graphs (or plans), by GRAPHS name."""
 
     dense: GraphFile
@@ -379,7 +251,7 @@ class GraphFiles(_Section):
 
 
 @dataclass(frozen=True)
-class QuantizationConfig(_Section):
+class QuantizationConfig(Section):
     """INT8 graphs written by `build_engine.py --int8` (static QDQ with ONNX Runtime's tools)."""
 
     precision: str
@@ -392,12 +264,12 @@ class QuantizationConfig(_Section):
     weight_bits: int = 8
 
     def check(self) -> None:
-        _require(self.weight_bits in (7, 8), "weight_bits", f"must be 7 or 8, got {self.weight_bits!r}")
+        require(self.weight_bits in (7, 8), "weight_bits", f"must be 7 or 8, got {self.weight_bits!r}")
 
 
 @dataclass(frozen=True)
-class TensorRTConfig(_Section):
-    """Plans built on a GPU by `build_engine.py --tensorrt` (see engine.tensorrt_plans)."""
+class TensorRTConfig(Section):
+    """Plans built on a GPU by `build_engine.py --tensorrt` (see engine.model_directory.tensorrt_plans)."""
 
     precision: str
     tensorrt_version: str
@@ -410,14 +282,15 @@ class TensorRTConfig(_Section):
     built: str | None = None
 
     def check(self):
-        _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        require(self.precision in TENSORRT_PRECISIONS, "precision",
+                f"must be one of {TENSORRT_PRECISIONS}, got {self.precision!r}")
         for name in ("tensorrt_version", "gpu_name", "compute_capability"):
-            _require(bool(getattr(self, name)), name, "must not be empty")
-        _positive(self.profiles_per_plan, "profiles_per_plan")
+            require(bool(getattr(self, name)), name, "must not be empty")
+        positive(self.profiles_per_plan, "profiles_per_plan")
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """All of model.json. `weights` (provenance), `tools` and `created` are free-form records."""
 
     format: str
@@ -437,15 +310,15 @@ class ModelConfig(_Section):
     tensorrt: TensorRTConfig | None = None
 
     def check(self):
-        _require(self.format == MODEL_FORMAT, "format", f"must be {MODEL_FORMAT!r}, got {self.format!r}")
-        _require(len(self.class_names) >= 2, "class_names", "must list the background and at least one class")
-        _require(len(self.features) >= 1, "features", "must name at least one feature map")
+        require(self.format == MODEL_FORMAT, "format", f"must be {MODEL_FORMAT!r}, got {self.format!r}")
+        require(len(self.class_names) >= 2, "class_names", "must list the background and at least one class")
+        require(len(self.features) >= 1, "features", "must name at least one feature map")
         for head in ("box_head", "mask_head"):
             for i, index in enumerate(getattr(self, head).feature_indices):
-                _require(0 <= index < len(self.features), f"{head}.feature_indices[{i}]",
+                require(0 <= index < len(self.features), f"{head}.feature_indices[{i}]",
                          f"must index features (0..{len(self.features) - 1}), got {index}")
         trained = self.weights.get("trained", True)
-        _require(isinstance(trained, bool), "weights.trained", f"must be true or false, got {_kind(trained)}")
+        require(isinstance(trained, bool), "weights.trained", f"must be true or false, got {kind(trained)}")
 
     @property
     def trained(self) -> bool:
@@ -456,7 +329,7 @@ class ModelConfig(_Section):
         """Parse model.json's contents; ModelDirError "<file>: <key> <problem>" if anything is off."""
         try:
             return cls.parse(data, "")
-        except _Invalid as exc:
+        except Invalid as exc:
             raise ModelDirError(f"{file}: {exc.where or 'the top level'} {exc.problem}") from None
 
     def replace(self, **changes) -> ModelConfig:

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelDirError
+from ..environment import SM_MODEL_DIR
+from ..errors import ModelDirError
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def choose_model_dir(arg: str | Path | None, environ: Mapping[str, str]) -> Mode
     """
     if arg:
         path, reason = Path(arg), "--model-dir"
-    elif environ.get("SM_MODEL_DIR"):
-        path, reason = Path(environ["SM_MODEL_DIR"]), "$SM_MODEL_DIR"
+    elif environ.get(SM_MODEL_DIR):
+        path, reason = Path(environ[SM_MODEL_DIR]), f"${SM_MODEL_DIR}"
     else:
         path, reason = Path(DEFAULT_MODEL_DIR), "no --model-dir or $SM_MODEL_DIR"
         if not path.is_dir():

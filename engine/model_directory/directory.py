@@ -1,7 +1,8 @@
 """Reading and checking a model directory written by build_engine.py.
 
-A model directory holds model.json (parsed and checked by engine.model_config) and the files
-it names: three ONNX graphs, and TensorRT plans once `build_engine.py --tensorrt` has run.
+A model directory holds model.json (parsed and checked by engine.model_directory.config) and
+the files it names: three ONNX graphs, and TensorRT plans once `build_engine.py --tensorrt` has
+run.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelDirError
-from .model_config import GRAPHS, MODEL_FORMAT, GraphFile, ModelConfig, TensorRTConfig
-from .model_defaults import model_dir_not_found
+from ..errors import ModelDirError
+from .config import MODEL_FORMAT, GraphFile, ModelConfig, TensorRTConfig
+from .defaults import model_dir_not_found
 
-__all__ = ["GRAPHS", "MODEL_FORMAT", "ModelDir", "sha256_of"]
+__all__ = ["ModelDir", "sha256_of"]
 
 
 def sha256_of(path: Path) -> str:
@@ -51,7 +52,7 @@ class ModelDir:
 
     @property
     def tensorrt(self) -> TensorRTConfig | None:
-        """model.json's "tensorrt" section (see engine.tensorrt_plans), or None without plans."""
+        """model.json's "tensorrt" section (see engine.model_directory.tensorrt_plans), or None without plans."""
         return self.config.tensorrt
 
     def plan_path(self, key: str) -> Path:

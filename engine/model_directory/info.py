@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from .model_dir import ModelDir
+from .directory import ModelDir
 
 WIDTH = 100  # human form: lines wrapped here
 LABEL = 15  # human form: width of the label column

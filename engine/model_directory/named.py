@@ -1,11 +1,7 @@
 """Named models (`serve --model coco-v1`): torchvision's COCO Mask R-CNNs and detectron2's
-model-zoo COCO Mask R-CNNs, built on first use.
+model-zoo COCO Mask R-CNNs, and where their model directories are kept once built.
 
-The first start with a name installs what the export needs (torch, torchvision, onnx) into
-this Python's virtual environment, fetches the COCO weights (torchvision's through its
-weights API, so they land in the torch-hub cache; detectron2's model-zoo .pkl into the cache
-folder's downloads/), so a second build downloads nothing, runs `build_engine.py` in a child
-process and keeps the model directory under the cache folder:
+The list of names, where each one's weights come from, and the cache folder's bookkeeping:
 
     $MASKRCNN_CACHE_DIR, else $XDG_CACHE_HOME/maskrcnn-serve, else ~/.cache/maskrcnn-serve
         models/coco-v1/          the model directory (model.json + ONNX graphs)
@@ -14,30 +10,23 @@ process and keeps the model directory under the cache folder:
         models/<name>.yaml       a detectron2 model's config, as build_engine.py reads it
         downloads/<file>.pkl     a detectron2 model's weights
 
-Later starts reuse the directory while the weights file it was built from is unchanged (or
-gone). Nothing here imports torch: the server process never does; only the child export does.
-Without network, and with no cached weights, the whole thing is one line naming --weights PATH.
+A directory is reused while the weights file it was built from is unchanged (or gone):
+`reusable`. Building one (installing torch, fetching the weights, running build_engine.py in a
+child process) is the `provision` package's work; nothing here imports torch or starts a process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import importlib.util
 import json
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ModelDirError
-from .model_dir import MODEL_FORMAT
+from ..environment import HOME, MASKRCNN_CACHE_DIR, TORCH_HOME, XDG_CACHE_HOME
+from ..errors import ModelDirError
+from .config import MODEL_FORMAT
 
 # torchvision's Mask R-CNN builders that build_engine.py exports (torchvision.models.detection.<arch>).
 ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
@@ -47,9 +36,6 @@ RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"
 # ... and mobilenet_backbone(..., fpn=True)'s
 MOBILENET_BACKBONES = ("mobilenet_v3_large", "mobilenet_v3_small")
 BACKBONES = RESNET_BACKBONES + MOBILENET_BACKBONES
-# The versions the parity tests pass with (test.sh installs the same; a test checks).
-VERIFIED_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-PROBE_TIMEOUT_S = 5.0  # the reachability check before a download; DNS alone may hang longer
 
 
 @dataclass(frozen=True)
@@ -149,19 +135,19 @@ def named_model(name: str) -> NamedModel:
 
 def cache_dir(environ: Mapping[str, str]) -> Path:
     """$MASKRCNN_CACHE_DIR, else $XDG_CACHE_HOME/maskrcnn-serve, else ~/.cache/maskrcnn-serve."""
-    if environ.get("MASKRCNN_CACHE_DIR"):
-        return Path(environ["MASKRCNN_CACHE_DIR"]).expanduser()
+    if environ.get(MASKRCNN_CACHE_DIR):
+        return Path(environ[MASKRCNN_CACHE_DIR]).expanduser()
     return _xdg_cache(environ) / "maskrcnn-serve"
 
 
 def torch_hub_dir(environ: Mapping[str, str]) -> Path:
     """torch.hub.get_dir() without torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub."""
-    torch_home = environ.get("TORCH_HOME") or str(_xdg_cache(environ) / "torch")
+    torch_home = environ.get(TORCH_HOME) or str(_xdg_cache(environ) / "torch")
     return Path(torch_home).expanduser() / "hub"
 
 
 def _xdg_cache(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("XDG_CACHE_HOME") or Path(environ.get("HOME") or Path.home()) / ".cache").expanduser()
+    return Path(environ.get(XDG_CACHE_HOME) or Path(environ.get(HOME) or Path.home()) / ".cache").expanduser()
 
 
 def hub_checkpoint(url: str, environ: Mapping[str, str] = os.environ) -> Path:
@@ -177,58 +163,10 @@ def cached_weights(model: NamedModel, environ: Mapping[str, str] = os.environ) -
     return hub_checkpoint(model.weights_url, environ)
 
 
-def unreachable_reason(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if a HEAD request to `url` gets any HTTP answer within `timeout_s`, else why not.
-
-    The request runs in a daemon thread because name resolution ignores socket timeouts: an
-    offline machine whose DNS never answers would otherwise hang here.
-    """
-    import urllib.error
-    import urllib.request
-
-    outcome: list[str | None] = []
-
-    def probe():
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
-            outcome.append(None)
-        except urllib.error.HTTPError:  # the server answered: the network works
-            outcome.append(None)
-        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
-            outcome.append(str(getattr(exc, "reason", None) or exc))
-
-    thread = threading.Thread(target=probe, name="weights-url-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 1.0)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
-
-
-def download_hint(arch: str, url: str, reason: str, framework: str = "torchvision") -> str:
-    """The one line for COCO weights that cannot be downloaded (build_engine.py says it too)."""
-    return (f"cannot download {framework}'s COCO weights for {arch} from {url} ({reason}); "
-            f"without network access, download that file elsewhere and pass --weights PATH")
-
-
-def export_requirements() -> list[str]:
-    """What `pip install` needs for the export: the verified torch pins, then the rest of the
-    project's `export` extra (read from the installed metadata, so pyproject.toml stays the list)."""
-    try:
-        declared = importlib.metadata.requires("maskrcnn-serve") or []
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        declared = ['onnx>=1.15; extra == "export"']
-    pinned = {pin.split("==")[0] for pin in VERIFIED_TORCH}
-    rest = []
-    for line in declared:  # e.g. 'onnx>=1.15; extra == "export"'
-        requirement, _, marker = (part.strip() for part in line.partition(";"))
-        name = re.match(r"[A-Za-z0-9_.-]*", requirement).group(0).lower()
-        if re.search(r"extra\s*==\s*['\"]export['\"]", marker) and name not in pinned:
-            rest.append(requirement)
-    return [*VERIFIED_TORCH, *rest]
-
-
-def missing_export_modules() -> list[str]:
-    """Which of torch, torchvision and onnx this Python cannot import (found, not imported)."""
-    return [name for name in ("torch", "torchvision", "onnx") if importlib.util.find_spec(name) is None]
+def built_paths(model: NamedModel, environ: Mapping[str, str]) -> tuple[Path, Path]:
+    """(the model directory, its .source record) for `model` under the cache folder."""
+    models = cache_dir(environ) / "models"
+    return models / model.name, models / f"{model.name}.source"
 
 
 @dataclass(frozen=True)
@@ -258,45 +196,7 @@ class WeightsSource:
             return None
 
 
-Say = Callable[[str], None]
-
-
-def _say_on_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def ensure_named_model(name: str, weights: str | Path | None = None, environ: Mapping[str, str] = os.environ,
-                       say: Say = _say_on_stderr) -> Path:
-    """The model directory for `name`, built under cache_dir() first if needed; its path.
-
-    `weights`: a state_dict file to build from instead of torchvision's download (for machines
-    without network). Progress goes to `say`, one line per step, and the children's own output
-    (pip's, torchvision's download bar, the exporter's steps) to stderr. Raises ModelDirError
-    with one line on any failure, the offline one naming --weights PATH.
-    """
-    model = named_model(name)
-    models = cache_dir(environ) / "models"
-    target = models / model.name
-    stamp = models / f"{model.name}.source"
-    source_path = Path(weights).expanduser() if weights else cached_weights(model, environ)
-    if weights and not source_path.is_file():
-        raise ModelDirError(f"weights file not found: {source_path}")
-    if _reusable(target, stamp, source_path):
-        say(f"{model.name}: using {target} (built earlier)")
-        return target
-    try:
-        models.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelDirError(f"cannot create the model cache {models}: {exc} (set $MASKRCNN_CACHE_DIR)") from None
-    with _build_lock(models / f".{model.name}.lock"):
-        if _reusable(target, stamp, source_path):  # another process built it while we waited
-            say(f"{model.name}: using {target} (just built by another process)")
-            return target
-        _build(model, target, stamp, source_path, bool(weights), environ, say)
-    return target
-
-
-def _reusable(target: Path, stamp: Path, source_path: Path) -> bool:
+def reusable(target: Path, stamp: Path, source_path: Path) -> bool:
     """A complete directory whose weights file is unchanged, or no longer there to compare."""
     if not (target / "model.json").is_file():
         return False
@@ -306,110 +206,3 @@ def _reusable(target: Path, stamp: Path, source_path: Path) -> bool:
     if not source_path.is_file():
         return True  # e.g. the torch-hub cache was cleared: the directory is still good
     return WeightsSource.of(source_path) == built_from
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """An exclusive lock file, so two servers started together build once."""
-    import fcntl
-
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _build(model: NamedModel, target: Path, stamp: Path, source_path: Path, from_file: bool,
-           environ: Mapping[str, str], say: Say) -> None:
-    start = time.perf_counter()
-    # Weights first: offline this is the only line, before minutes of installing.
-    if not from_file and not source_path.is_file():
-        reason = unreachable_reason(model.weights_url)
-        if reason:
-            raise ModelDirError(download_hint(model.zoo_config or model.arch, model.weights_url, reason,
-                                              model.framework))
-    what = f"detectron2 {model.zoo_config}" if model.zoo_config else f"torchvision {model.arch}"
-    say(f"{model.name}: first use: building {target} ({what}, COCO weights)")
-    missing = missing_export_modules()
-    if missing:
-        _install_export_requirements(model, missing, say)
-    else:
-        say(f"[install] torch, torchvision and onnx: already installed in {sys.prefix}")
-    if from_file:
-        say(f"[weights] {source_path}")
-        weights_arg = str(source_path)
-    elif model.framework == "detectron2":
-        if source_path.is_file():
-            say(f"[weights] detectron2's COCO weights from the cache ({source_path})")
-        else:
-            say(f"[weights] downloading {model.weights_url} into {source_path.parent}")
-            _download(model.weights_url, source_path)
-        weights_arg = str(source_path)
-    elif source_path.is_file():
-        say(f"[weights] torchvision's COCO weights from the torch-hub cache ({source_path})")
-        weights_arg = "coco"
-    else:
-        say(f"[weights] downloading {model.weights_url} into the torch-hub cache ({source_path.parent})")
-        weights_arg = "coco"
-    say("[export] build_engine.py: the ONNX graphs and model.json (under a minute on a few cores)")
-    if model.framework == "detectron2":
-        config = target.parent / f"{model.name}.yaml"
-        config.write_text(json.dumps(model.detectron2_config, indent=2) + "\n")  # JSON is YAML
-        which = ["--detectron2-config", str(config), "--class-names", "coco"]
-    else:
-        which = ["--arch", model.arch]
-    command = [sys.executable, "-m", "build_engine", *which, "--weights", weights_arg,
-               "--output", str(target), "--name", model.name, "--force"]
-    # The exporter's lines and torchvision's download bar go to stderr; stdout is the server's log.
-    result = subprocess.run(command, env=dict(environ), stdout=_stderr(), stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise ModelDirError(f"building {model.name} failed (build_engine.py exited {result.returncode}; "
-                            f"its error is above)")
-    if not source_path.is_file():
-        raise ModelDirError(f"build_engine.py finished but the weights file {source_path} is not there")
-    stamp.write_text(WeightsSource.of(source_path).to_json())
-    say(f"{model.name}: ready in {time.perf_counter() - start:.0f} s; later starts reuse {target}")
-
-
-def _download(url: str, path: Path) -> None:
-    """`url` into `path` (written beside it, then renamed: an interrupted download leaves nothing)."""
-    import urllib.request
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise ModelDirError(f"downloading {url} failed ({exc}); download it elsewhere and pass --weights PATH") from None
-
-
-def _install_export_requirements(model: NamedModel, missing: list[str], say: Say) -> None:
-    """pip-install export_requirements() into this Python's virtual environment (pip's progress shown)."""
-    requirements = export_requirements()
-    by_hand = f"install them yourself (pip install {' '.join(repr(r) for r in requirements)}) or use --model-dir"
-    if sys.prefix == sys.base_prefix:  # not a venv: never install into a system Python
-        raise ModelDirError(f"--model {model.name} needs {', '.join(missing)} to build the model, and this "
-                            f"Python ({sys.executable}) is not a virtual environment; {by_hand}")
-    if importlib.util.find_spec("pip") is None:
-        raise ModelDirError(f"--model {model.name} needs {', '.join(missing)}, and this Python has no pip; {by_hand}")
-    say(f"[install] installing {' '.join(requirements)} into {sys.prefix} (first use only; pip's progress follows)")
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar", "on", *requirements],
-                            stdout=_stderr(), stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise ModelDirError(f"installing {', '.join(requirements)} failed (pip exited {result.returncode}; "
-                            f"its error is above); {by_hand}")
-
-
-def _stderr():
-    """Our stderr for a child's stdout, or None (inherit) where it is not a real file (pytest)."""
-    try:
-        sys.stderr.fileno()
-        return sys.stderr
-    except (AttributeError, OSError, ValueError):
-        return None

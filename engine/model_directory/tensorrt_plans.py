@@ -1,6 +1,6 @@
 """TensorRT plans in a model directory: their optimization-profile shapes, and whether they can
 run here. Pure Python (no tensorrt import), so it is tested anywhere. model.json's section is
-engine.model_config.TensorRTConfig, checked at load.
+engine.model_directory.config.TensorRTConfig, checked at load.
 
 model.json gains, once `build_engine.py --tensorrt` has run on a GPU:
 
@@ -21,13 +21,11 @@ then falls back to onnxruntime-cuda with a logged warning.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
-from .model_config import GRAPHS, PRECISIONS  # noqa: F401  (re-exported for the TensorRT builder)
-
 if TYPE_CHECKING:
-    from .model_config import ModelConfig, TensorRTConfig, TransformConfig
+    from .config import ModelConfig, TensorRTConfig, TransformConfig
+
 # Rows per pyramid level the mask head plan takes at most; more detections run in chunks.
 MASK_ROWS_PER_LEVEL = 100
 
