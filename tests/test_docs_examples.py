@@ -170,35 +170,10 @@ def test_the_engine_commands_and_python_api_run_as_written(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-# Code blocks a user would run that no test runs as written, and why; every other bash, sh,
-# python or yaml block of README.md and docs/ must be run by a test (found by the calls below).
-NOT_RUN_AS_WRITTEN = {
-    ("README.md", "./serve.sh"): "the two commands: CI runs ./test.sh; tests/test_named_models.py runs "
-                                 "./serve.sh --coco on a fresh copy of the project (its venv created, seeded weights: "
-                                 "nothing can be downloaded here); plain ./serve.sh execs `serve`, which "
-                                 "tests/test_demo_e2e.py starts on the bundled demo model",
-    ("docs/testing.md", "./test.sh -m"): "runs the test suite itself; every collection applies and checks "
-                                         "tests/tiers.py's markers, and CI runs ./test.sh",
-    ("docs/api.md", "SCHEMATHESIS_HOOKS="): "tests/test_openapi.py runs schemathesis with these hooks and every check",
-    ("docs/api.md", "newman run"): "tests/test_postman.py runs newman with this collection against the real server",
-    ("docs/deployment.md", "docker build -t"): "tests/test_container.py builds the image with docker/build-image.sh "
-                                               "and runs it as SageMaker does",
-    ("docs/deployment.md", "maskrcnn-sagemaker package"): "needs AWS; tests/test_deploy_multi_model.py runs these "
-                                                          "commands against moto",
-    ("docs/deployment.md", "maskrcnn-sagemaker deploy"): "needs AWS; tests/test_deploy_async.py runs these commands "
-                                                         "against moto",
-    ("docs/deployment.md", "python build_engine.py --tensorrt"): "needs an NVIDIA GPU and TensorRT "
-                                                                 "(tests/test_tensorrt_build.py checks the refusal)",
-    ("docs/deployment.md", "docker build -f Dockerfile.gpu"): "needs an NVIDIA GPU",
-    ("docs/deployment.md", "python -m pytest -q -rs tests/test_gpu_backends.py"): "needs an NVIDIA GPU",
-    ("docs/models.md", "python build_engine.py --weights coco"): "downloads COCO weights; tests/test_build_engine.py "
-                                                                  "builds from a seeded torch-hub cache and from "
-                                                                  "--weights random",
-    ("docs/models.md", "from build_engine import export"): "`my_maskrcnn` is the reader's model; "
-                                                           "tests/test_own_models.py calls export() on its own",
-    ("docs/models.md", "serve --model detectron2-r50-fpn-3x"): "downloads the model zoo's weights; "
-                                                               "tests/test_named_models.py runs --model with --weights",
-}
+# Every bash, sh, python or yaml block of README.md and docs/ is run by a test (found by the
+# calls below), or says why not in an HTML comment right after it, which renders as nothing:
+# <!-- not run as written: why, and which test runs its commands instead -->
+NOT_RUN = re.compile(r"\n<!-- not run as written: (.+?) -->", re.S)
 RUNNABLE_LANGUAGES = ("bash", "sh", "python", "yaml")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 ACCESSORS = [  # (pattern, how its groups name page, after, language)
@@ -227,18 +202,17 @@ def blocks_run_by_tests() -> set[tuple[str, int]]:
 def test_every_runnable_block_in_the_docs_is_run_or_says_why_not():
     pages = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
     run = blocks_run_by_tests()
-    unaccounted, excused = [], set()
+    unaccounted, excused_but_run = [], []
     for page in pages:
-        for match in BLOCK.finditer((REPO / page).read_text()):
+        text = (REPO / page).read_text()
+        for match in BLOCK.finditer(text):
             if match.group(1) not in RUNNABLE_LANGUAGES:
                 continue  # output, a diagram, a JSON answer
-            excuse = next((key for key in NOT_RUN_AS_WRITTEN if key[0] == page
-                           and match.group(2).lstrip().startswith(key[1])), None)
-            if (page, match.start()) in run:
-                assert excuse is None, f"{excuse} is run by a test: drop it from NOT_RUN_AS_WRITTEN"
-            elif excuse:
-                excused.add(excuse)
-            else:
-                unaccounted.append(f"{page}: {match.group(2).splitlines()[0][:80]}")
-    assert not unaccounted, "blocks no test runs (run them, or say why in NOT_RUN_AS_WRITTEN): " + "; ".join(unaccounted)
-    assert excused == set(NOT_RUN_AS_WRITTEN), f"no such block any more: {set(NOT_RUN_AS_WRITTEN) - excused}"
+            excuse = NOT_RUN.match(text, text.index("\n", match.end()))
+            first_line = f"{page}: {match.group(2).splitlines()[0][:80]}"
+            if (page, match.start()) in run and excuse:
+                excused_but_run.append(first_line)
+            elif (page, match.start()) not in run and not excuse:
+                unaccounted.append(first_line)
+    assert not unaccounted, "blocks no test runs (run them, or say why after them): " + "; ".join(unaccounted)
+    assert not excused_but_run, "blocks a test runs, said not to be: " + "; ".join(excused_but_run)

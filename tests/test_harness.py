@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +46,9 @@ def test_the_harness_is_not_packaged():
 
 def test_timed_returns_the_seconds_and_the_result():
     seconds, result = timing.timed(lambda a, b=0: a + b, 2, b=3)
-    assert result == 5 and 0 <= seconds < 1
-    cpu, _ = timing.timed(time.sleep, 0.05, clock=time.process_time)
-    assert cpu < 0.05  # a sleeping process spends no CPU
+    assert result == 5 and seconds >= 0
+    readings = iter([10.0, 12.5])  # the clock it is given is read before and after the call
+    assert timing.timed(lambda: "done", clock=lambda: next(readings)) == (2.5, "done")
 
 
 def test_repeat_and_median_run_the_warm_ups_untimed():
