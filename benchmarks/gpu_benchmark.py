@@ -2,7 +2,7 @@
 """GPU latency (p50/p99) and throughput of every GPU backend and precision that can run here,
 with torchvision eager on the same GPU (FP32 and autocast FP16) as the reference.
 
-    python benchmarks/gpu_benchmark.py [--model-dir DIR] [--runs 50] [--threads 4] [--precisions fp16,fp32]
+    python benchmarks/gpu_benchmark.py [--model-dir DIR] [--runs 50] [--callers 4] [--precisions fp16,fp32]
 
 One command on any CUDA machine: backends that cannot run are listed with the reason and
 skipped. Without --model-dir it exports seeded random R50-FPN weights (needs torch), which
@@ -11,7 +11,7 @@ Writes benchmarks/results/gpu_benchmark.json (machine, GPU and date stamped).
 
 Each engine row is `Engine.predict` on the benchmark photo (640x480 -> 800x1066, padded
 800x1088), score threshold 0.05 and up to 100 detections, torchvision's defaults: network,
-numpy post-processing and mask paste. Throughput: --threads threads predicting at once.
+numpy post-processing and mask paste. Throughput: --callers threads predicting at once.
 """
 
 from __future__ import annotations
@@ -37,18 +37,18 @@ from harness.timing import repeat, summary_ms, timed  # noqa: E402
 PACKAGES = ("tensorrt", "onnxruntime-gpu", "onnxruntime", "cuda-python", "cuda-bindings", "torch", "torchvision", "numpy")
 
 
-def throughput(fn, threads: int, per_thread: int) -> dict:
-    """Images per second with `threads` callers at once (each calls fn per_thread times)."""
+def throughput(fn, callers: int, per_caller: int) -> dict:
+    """Images per second with `callers` threads calling at once (each calls fn per_caller times)."""
     errors = []
 
     def work():
         try:
-            for _ in range(per_thread):
+            for _ in range(per_caller):
                 fn()
         except Exception as exc:
             errors.append(exc)
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
+    workers = [threading.Thread(target=work) for _ in range(callers)]
     start = time.perf_counter()
     for w in workers:
         w.start()
@@ -57,7 +57,7 @@ def throughput(fn, threads: int, per_thread: int) -> dict:
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return {"threads": threads, "images_per_s": round(threads * per_thread / elapsed, 2)}
+    return {"callers": callers, "images_per_s": round(callers * per_caller / elapsed, 2)}
 
 
 def top_agreement(ref: tuple, other: tuple, k: int = 10) -> float:
@@ -99,7 +99,7 @@ def torchvision_rows(args, image, model_dir_info) -> tuple[list, dict]:
 
         outputs[label] = run()
         rows.append({"method": label, "latency": summary_ms(repeat(run, args.runs, args.warmup)[0]),
-                     "throughput": throughput(run, args.threads, args.per_thread)})
+                     "throughput": throughput(run, args.callers, args.per_caller)})
     return rows, outputs
 
 
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="fp16,fp32", help="TensorRT precisions to build and time")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=4, help="concurrent callers for the throughput figure")
-    parser.add_argument("--per-thread", type=int, default=10)
+    parser.add_argument("--callers", type=int, default=4, help="concurrent callers for the throughput figure")
+    parser.add_argument("--per-caller", type=int, default=10, help="calls per caller for the throughput figure")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_benchmark.json")
     args = parser.parse_args(argv)
 
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         for precision in [p for p in args.precisions.split(",") if p]:
             target = writable_copy(model_dir, work / f"trt-{precision}")
             print(f"building TensorRT {precision} plans (minutes)...", file=sys.stderr)
-            seconds, _ = timed(build_plans, target, precision, slots=max(1, min(args.threads, 4)), quiet=True)
+            seconds, _ = timed(build_plans, target, precision, slots=max(1, min(args.callers, 4)), quiet=True)
             builds[precision] = round(seconds, 1)
             engines[f"tensorrt {precision.upper()}"] = Engine.load(target, backend="tensorrt")
 
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
 
         rows.append({"method": label, "detections": len(det),
                      "latency": summary_ms(repeat(run, args.runs, args.warmup)[0]),
-                     "throughput": throughput(run, args.threads, args.per_thread)})
+                     "throughput": throughput(run, args.callers, args.per_caller)})
         stages[label] = {k: round(float(np.median([t[k] for t in runs_timings if k in t])), 2) for k in runs_timings[-1]}
     tv_rows, tv_outputs = torchvision_rows(args, image, weights)
     if isinstance(next(iter(tv_outputs.values()), None), str):
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         "gpu_packages": package_versions(PACKAGES),
     }
     write_results(report, args.output)
-    print(f"\n{gpu['name']} (sm {gpu['compute_capability']}), {args.runs} runs, throughput with {args.threads} threads")
+    print(f"\n{gpu['name']} (sm {gpu['compute_capability']}), {args.runs} runs, throughput with {args.callers} callers")
     print(f"{'method':40s} {'p50 ms':>8s} {'p99 ms':>8s} {'img/s':>8s}")
     for r in rows:
         print(f"{r['method']:40s} {r['latency']['p50_ms']:8.1f} {r['latency']['p99_ms']:8.1f} {r['throughput']['images_per_s']:8.1f}")
