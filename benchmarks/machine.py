@@ -1,12 +1,21 @@
-"""A description of the machine a benchmark ran on, for the results files."""
+"""A description of the machine a benchmark ran on, for the results files.
+
+    python benchmarks/machine.py       # prints it, to record beside a figure
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.proc import cpu_flags  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -27,14 +36,8 @@ CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "am
 
 def cpu_features() -> list[str]:
     """Which of CPU_FEATURES this CPU has (empty where /proc/cpuinfo cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in CPU_FEATURES if f in flags]
-    except OSError:
-        pass
-    return []
+    flags = cpu_flags()
+    return [f for f in CPU_FEATURES if f in flags]
 
 
 def package_versions(names) -> dict:
@@ -68,7 +71,6 @@ def describe(packages=("numpy", "opencv-python-headless", "onnxruntime", "openvi
 def write_results(report: dict, path) -> None:
     """Stamp `report` with the machine and date, write it as JSON to `path` and print it
     (without the machine block)."""
-    import json
     import time
 
     report = {**report, "machine": describe(), "date": time.strftime("%Y-%m-%d")}
@@ -76,3 +78,7 @@ def write_results(report: dict, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    print(json.dumps(describe(), indent=2))

@@ -62,3 +62,16 @@ class PeakRss:
     def __exit__(self, *exc):
         self.growth_mb = max(0, status_kb("self", "VmHWM") - self.start_kb) / 1024
         return False
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags as /proc/cpuinfo names them (e.g. "avx512_vnni",
+    "amx_bf16"); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 
 from engine import int8_arithmetic
+from harness.proc import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # instruction sets with which U8 x S8 products reach int32 without an int16 step
 EXACT_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2"}  # oneDNN (OpenVINO's CPU kernels) without VNNI or AVX-512
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def exact_here(runtime: str, environ=os.environ) -> bool:
