@@ -1,6 +1,8 @@
-"""Slow and stalled clients against the real `serve` process: a thousand of them neither take
-/ping off the air nor slow ordinary requests, and their requests are dropped (408) once they
-have taken longer than MASKRCNN_REQUEST_TIMEOUT_S to arrive. Loopback only, bounded time."""
+"""Slow and stalled clients against the real `serve` process: while a thousand of them are
+still sending, /ping is answered within SageMaker's limit and ordinary requests are answered,
+and their requests are dropped (408) once they have taken longer than
+MASKRCNN_REQUEST_TIMEOUT_S to arrive. Loopback only, bounded time. How much they slow the
+others is measured by benchmarks/slow_clients.py, not asserted here."""
 
 from __future__ import annotations
 
@@ -19,6 +21,19 @@ from server_fixtures import encode_pil
 
 STALLED, TRICKLING = 500, 500
 TIMEOUT_S = 15
+PING_TIMEOUT_S = 2.0  # SageMaker's limit for an answer to GET /ping
+
+
+def still_waiting(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed this connection yet."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # an answer's first byte, or b"" once closed
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_NOFILE"), reason="needs POSIX file limits")
@@ -39,7 +54,7 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
             return seconds
 
         def ping() -> float:
-            seconds, status = timed(srv.ping, timeout=5)
+            seconds, status = timed(srv.ping, timeout=PING_TIMEOUT_S)
             assert status == 200
             return seconds
 
@@ -52,14 +67,14 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
         trickling = clients[STALLED:]
         trickle = Trickle(trickling)  # one byte per connection about every second, never idle long
         time.sleep(1.0)  # let the server accept and read them all
-        pings = sorted(ping() for _ in range(20))
-        during = float(np.median([invoke() for _ in range(5)]))
+        pings = sorted(ping() for _ in range(20))  # each answered 200 within SageMaker's limit
+        during = float(np.median([invoke() for _ in range(5)]))  # each answered 200
         rss_with = rss_mb(srv.pid)
-        assert time.monotonic() - opened_at < TIMEOUT_S, "the measurements ran into the request timeout"
+        # ... while every stalled request was still pending: none answered, none dropped yet
+        # (the trickling ones are the Trickle thread's to touch)
+        assert all(still_waiting(sock) for sock in clients[:STALLED]), "a stalled request ended before the measurements did"
         print(f"1000 slow connections: /ping max {pings[-1] * 1e3:.1f} ms, p95 {pings[-2] * 1e3:.1f} ms; "
               f"invocation {usual * 1e3:.0f} -> {during * 1e3:.0f} ms; server RSS {rss_before:.0f} -> {rss_with:.0f} MB")
-        assert pings[-2] < 0.1, f"/ping p95 {pings[-2] * 1e3:.0f} ms with 1000 slow clients"
-        assert during < 1.5 * usual + 0.05, f"invocations slowed from {usual:.3f} to {during:.3f} s"
         assert rss_with - rss_before < 200, f"1000 slow connections took {rss_with - rss_before:.0f} MB"
 
         # Past the timeout every slow request is answered 408 and its connection closed.
@@ -76,7 +91,8 @@ def test_a_thousand_slow_clients_leave_ping_and_invocations_fast(small_model_dir
             answers.append(data)
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), [a[:40] for a in answers if not a.startswith(b"HTTP/1.1 408")][:3]
         assert b'"status": 408' in answers[0]
-        assert ping() < 0.1 and invoke() < 1.5 * usual + 0.05  # and the server is as before
+        assert not any(still_waiting(sock) for sock in clients[:50])  # answered and closed: no longer pending
+        ping(), invoke()  # and the server answers as before
         assert "did not arrive within" in srv.log()
     finally:
         if trickle:
