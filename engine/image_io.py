@@ -37,9 +37,9 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 _EXIF_ORIENTATION_TAG = 0x0112
 # decode_image refuses a header declaring more pixels than this before OpenCV allocates any:
-# libjpeg pads missing scan data with grey, so a 631-byte JPEG declaring 30000x30000 would
-# otherwise decode to 2.7 GB of pixels (more at its peak, and seconds of CPU; figures in
-# benchmarks/results/FIGURES.md). The largest camera sensors are 200 MP.
+# libjpeg pads missing scan data with grey, so a JPEG of a few hundred bytes declaring
+# 30000x30000 would otherwise decode to 30000 x 30000 x 3 bytes of pixels (more at its peak,
+# and seconds of CPU; figures in benchmarks/results/FIGURES.md). The largest camera sensors are 200 MP.
 # The server refuses far smaller images first (MASKRCNN_MAX_MEGAPIXELS, 40 by default).
 MAX_DECODE_MEGAPIXELS = 200.0
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -247,3 +248,14 @@ def read_until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+@contextlib.contextmanager
+def counted_decoder_calls():
+    """OpenCV's decoder (cv2.imdecode, which engine.image_io calls) counted while the block
+    runs: yields the mock, whose call_count says how often it decoded; it still decodes."""
+    import cv2
+    from unittest import mock
+
+    with mock.patch.object(cv2, "imdecode", side_effect=cv2.imdecode) as imdecode:
+        yield imdecode

@@ -27,6 +27,7 @@ from harness.fuzz_targets import (
 from harness.hostile_images import jpeg_scan_bomb, jpeg_with_size, png_bomb, png_text_bomb, png_with_size
 from harness.proc import PeakRss, cpu_seconds
 from harness.server import http_call, running_server
+from helpers import counted_decoder_calls
 from server.config import DEFAULT_MAX_MEGAPIXELS
 
 # Peak RSS growth allowed over one target's run. Decodes run under the server's 40 MP limit:
@@ -90,11 +91,7 @@ def test_property(name):
 def _attempt(function, *args, **kwargs):
     """(exception raised or None, calls of OpenCV's decoder, peak RSS growth MB) of one call:
     the work it did, not the time it took."""
-    import cv2
-    from unittest import mock
-
-    real_imdecode = cv2.imdecode
-    with mock.patch.object(cv2, "imdecode", side_effect=real_imdecode) as imdecode, PeakRss() as memory:
+    with counted_decoder_calls() as imdecode, PeakRss() as memory:
         try:
             function(*args, **kwargs)
             error = None

@@ -24,7 +24,7 @@ from harness.hostile_images import (
     MIB, jpeg_scan_bomb, jpeg_segment_flood, png_bomb, png_chunk_flood, png_text_bomb, zeros_zlib,
 )
 from harness.photos import interlaced_png
-from helpers import photo
+from helpers import counted_decoder_calls, photo
 from server_fixtures import drawn_image, encode_pil
 
 
@@ -32,15 +32,26 @@ class Work:
     """What probing or decoding did, counted: bytes inflated by engine.decode_work, PNG chunks
     walked, and calls of OpenCV's decoder. The refusal tests bound these, not the time taken."""
 
-    def __init__(self):
+    def __init__(self, imdecode):
         self.inflated = 0
         self.chunks = 0
-        self.decoder_calls = 0
+        self._imdecode = imdecode
+
+    @property
+    def decoder_calls(self) -> int:
+        return self._imdecode.call_count
 
 
 @pytest.fixture
 def work(monkeypatch):
-    counted = Work()
+    with counted_decoder_calls() as imdecode:
+        counted = Work(imdecode)
+        _count_inflating_and_walking(monkeypatch, counted)
+        yield counted
+
+
+def _count_inflating_and_walking(monkeypatch, counted: Work) -> None:
+    """engine.decode_work's inflating and the PNG chunk walks, counted into `counted`."""
 
     class CountingInflater:
         def __init__(self):
@@ -66,16 +77,10 @@ def work(monkeypatch):
             counted.chunks += 1
             yield chunk
 
-    def counting_imdecode(*args, **kwargs):
-        counted.decoder_calls += 1
-        return real_imdecode(*args, **kwargs)
-
-    real_imdecode, real_chunks = cv2.imdecode, decode_work.png_chunks
+    real_chunks = decode_work.png_chunks
     monkeypatch.setattr(decode_work, "zlib", CountingZlib)
     monkeypatch.setattr(decode_work, "png_chunks", counting_chunks)
     monkeypatch.setattr(image_io, "png_chunks", counting_chunks)
-    monkeypatch.setattr(image_io.cv2, "imdecode", counting_imdecode)
-    return counted
 
 
 def pil_reference(data: bytes) -> np.ndarray:
